@@ -1,11 +1,19 @@
-"""Command-line interface: ``faceaux --version``, ``faceaux --help`` and the sub-commands."""
+"""Command-line interface: ``faceaux --version``, ``faceaux --help`` and the sub-commands.
+
+Each sub-command lives in its own module that defines ``add_parser(subparsers)``; the parser it
+adds sets ``handler=`` (a function ``args -> exit status``) with ``set_defaults``. List the module
+in ``SUBCOMMAND_MODULES`` to register it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 from collections.abc import Sequence
 
 from faceaux import __version__
+
+SUBCOMMAND_MODULES: tuple[str, ...] = ()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Drop-in face-recognition layers for PyTorch.",
     )
     parser.add_argument("--version", action="version", version=f"faceaux {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in SUBCOMMAND_MODULES:
+        importlib.import_module(module_name).add_parser(subparsers)
     return parser
 
 
@@ -26,4 +36,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return args.handler(args)
+    return int(args.handler(args))

@@ -1,0 +1,1 @@
+"""Datasets: the embedded synthetic face set, InsightFace verification files, image folders."""

@@ -1,0 +1,1 @@
+"""Verification metrics and embedding extraction."""

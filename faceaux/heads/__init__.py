@@ -1,0 +1,1 @@
+"""Margin heads (ArcFace and co.) and the sharded Partial-FC classifier."""

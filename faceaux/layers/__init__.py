@@ -1,0 +1,1 @@
+"""Drop-in layers, one file per paper's layer family."""

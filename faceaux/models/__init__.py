@@ -1,0 +1,1 @@
+"""Reference networks: backbones, the FAN landmark network, and the papers' models."""
