@@ -1,0 +1,281 @@
+"""IResNet: the "improved ResNet" face recognizer of ArcFace (LResNet-E-IR), InsightFace layout.
+
+Deng et al., *ArcFace: Additive Angular Margin Loss for Deep Face Recognition* (CVPR 2019),
+§3.2 / Fig. 7: a 3×3 stride-1 stem (conv → BN → PReLU) keeps 112×112 resolution, four stages of
+"IR" basic blocks BN → conv3×3 → BN → PReLU → conv3×3 (stride) → BN plus a shortcut (1×1 conv +
+BN when the shape changes), widths 64/128/256/512 and strides 2 (112 → 7), then the "E" output
+block BN → dropout → FC → BN1d.
+
+State-dict keys and shapes are identical to InsightFace ``arcface_torch/backbones/iresnet.py``
+(``conv1``, ``bn1``, ``prelu``, ``layer{1..4}.{i}.{bn1,conv1,bn2,prelu,conv2,bn3,downsample.0,
+downsample.1}``, ``bn2``, ``fc``, ``features``), so checkpoints trained with InsightFace
+(MS1MV3 / Glint360K r18…r100) load with ``strict=True`` and give the same embeddings:
+
+    >>> import torch
+    >>> from faceaux.models import create_model
+    >>> model = create_model("iresnet_nano").eval()
+    >>> model(torch.randn(2, 3, 112, 112)).shape
+    torch.Size([2, 128])
+
+Parameter counts (embedding 512, 112×112; ``sum(p.numel() for p in model.parameters())``,
+the same figure InsightFace's models give): iresnet18 24,025,600; iresnet34 34,139,328;
+iresnet50 43,590,848; iresnet100 65,156,160.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from faceaux._checks import check_tensor
+from faceaux.models.registry import register_model
+
+__all__ = [
+    "IBasicBlock",
+    "IResNet",
+    "iresnet18",
+    "iresnet34",
+    "iresnet50",
+    "iresnet100",
+    "iresnet18_gnap",
+    "iresnet_nano",
+    "lresnet18e",
+]
+
+
+class IBasicBlock(nn.Module):
+    """ArcFace's improved residual unit: BN → conv3×3 → BN → PReLU → conv3×3 (stride) → BN, + shortcut.
+
+    ArcFace §3.2 (Fig. 7, "IR" unit). No activation after the addition. The shortcut is a 1×1
+    stride-``stride`` conv + BN when the stride or the width changes, else the identity.
+
+    Args:
+        in_channels: C_in.
+        out_channels: C_out.
+        stride: stride of the second conv (and of the shortcut).
+
+    Shape:
+        (B, C_in, H, W) → (B, C_out, ⌈H / stride⌉, ⌈W / stride⌉).
+
+    Example:
+        >>> block = IBasicBlock(8, 16, stride=2)
+        >>> block(torch.randn(2, 8, 14, 14)).shape
+        torch.Size([2, 16, 7, 7])
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_channels, eps=1e-5)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels, eps=1e-5)
+        self.prelu = nn.PReLU(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels, eps=1e-5)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_channels, eps=1e-5),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn3(self.conv2(self.prelu(self.bn2(self.conv1(self.bn1(x))))))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return out + shortcut
+
+
+class IResNet(nn.Module):
+    """The ArcFace IResNet with InsightFace's state-dict layout.
+
+    ArcFace §3.2: stem conv3×3 (stride 1) → BN → PReLU; four stages of :class:`IBasicBlock`
+    (the first block of each stage has stride 2); then the output block.
+
+    Output block (``pooling``):
+
+    - ``"fc"`` (ArcFace's "E" option, default): BN2d → dropout → flatten → FC → BN1d whose
+      weight is fixed to 1 (InsightFace: ``features.weight.requires_grad = False``).
+    - ``"gnap"``: :class:`faceaux.GNAP` replaces BN2d → dropout → FC → BN1d (the GNAP paper's
+      "GNAP replaces the penultimate FC layer", §4); it keeps spatial symmetry and adds only
+      BatchNorm parameters (plus a 1×1 projection when ``embedding_size`` ≠ the last width).
+
+    Args:
+        layers: blocks per stage, e.g. ``(3, 4, 14, 3)`` for IResNet-50.
+        widths: channels per stage (InsightFace: 64, 128, 256, 512; the stem has ``widths[0]``).
+        embedding_size: D, the embedding size.
+        dropout: dropout probability before the FC (InsightFace default 0).
+        input_size: (H, W) the model is built for; the FC's input size is
+            ``widths[-1] · ⌈H/16⌉ · ⌈W/16⌉`` (7×7 at 112×112).
+        in_channels: input channels (3; more when heatmaps are stacked with the image).
+        pooling: ``"fc"`` or ``"gnap"``, see above.
+
+    Shape:
+        - images: (B, in_channels, H, W) with (H, W) = ``input_size`` for ``pooling="fc"``.
+        - output: (B, D), not normalised.
+        - ``forward_features``: (B, widths[-1], ⌈H/16⌉, ⌈W/16⌉), the map the output block pools
+          (after ``bn2`` for ``"fc"``; the last stage's output for ``"gnap"``, whose own BN comes
+          first inside GNAP).
+
+    Example:
+        >>> model = IResNet((1, 1, 1, 1), widths=(8, 16, 32, 64), embedding_size=32).eval()
+        >>> images = torch.randn(2, 3, 112, 112)
+        >>> model(images).shape, model.forward_features(images).shape
+        (torch.Size([2, 32]), torch.Size([2, 64, 7, 7]))
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[int],
+        *,
+        widths: Sequence[int] = (64, 128, 256, 512),
+        embedding_size: int = 512,
+        dropout: float = 0.0,
+        input_size: tuple[int, int] = (112, 112),
+        in_channels: int = 3,
+        pooling: str = "fc",
+    ) -> None:
+        super().__init__()
+        if len(layers) != 4 or len(widths) != 4:
+            raise ValueError(
+                f"layers, widths: expected 4 stages each, received {tuple(layers)}, "
+                f"{tuple(widths)}"
+            )
+        if pooling not in ("fc", "gnap"):
+            raise ValueError(f"pooling: expected 'fc' or 'gnap', received {pooling!r}")
+        self.embedding_size = embedding_size
+        self.input_size = tuple(input_size)
+        self.in_channels = in_channels
+        self.pooling = pooling
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0], eps=1e-5)
+        self.prelu = nn.PReLU(widths[0])
+        previous = widths[0]
+        for index, (blocks, width) in enumerate(zip(layers, widths, strict=True), start=1):
+            stage = [IBasicBlock(previous, width, stride=2)]
+            stage += [IBasicBlock(width, width) for _ in range(blocks - 1)]
+            self.add_module(f"layer{index}", nn.Sequential(*stage))
+            previous = width
+        self.feature_size = tuple(math.ceil(s / 16) for s in self.input_size)
+        if pooling == "fc":
+            self.bn2 = nn.BatchNorm2d(previous, eps=1e-5)
+            self.dropout = nn.Dropout(p=dropout)
+            self.fc = nn.Linear(previous * self.feature_size[0] * self.feature_size[1], embedding_size)
+            self.features = nn.BatchNorm1d(embedding_size, eps=1e-5)
+        else:
+            from faceaux.layers.gnap import GNAP
+
+            out_features = None if embedding_size == previous else embedding_size
+            self.gnap = GNAP(previous, out_features=out_features)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """InsightFace's initialisation: conv weights N(0, 0.1²), BN weight 1 and bias 0."""
+        for name, module in self.named_modules():
+            if name.startswith("gnap"):
+                continue  # GNAP initialises itself (its BN weights are fixed to 1)
+            if isinstance(module, nn.Conv2d):
+                nn.init.normal_(module.weight, 0.0, 0.1)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        if self.pooling == "fc":
+            nn.init.ones_(self.features.weight)
+            self.features.weight.requires_grad_(False)
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        sizes = (None, self.in_channels, *self.input_size) if self.pooling == "fc" else None
+        if sizes is None:
+            sizes = (None, self.in_channels, None, None)
+        check_tensor(images, "images", "(B, C, H, W)", sizes=sizes, floating=True)
+
+    def stem(self, images: torch.Tensor) -> torch.Tensor:
+        """conv1 → bn1 → prelu: (B, in_channels, H, W) → (B, widths[0], H, W)."""
+        return self.prelu(self.bn1(self.conv1(images)))
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        """The four stages: (B, widths[0], H, W) → (B, widths[-1], ⌈H/16⌉, ⌈W/16⌉)."""
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def pool(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """The output block applied to the last stage's output → (B, D)."""
+        if self.pooling == "gnap":
+            return self.gnap(feature_map)
+        x = self.dropout(torch.flatten(self.bn2(feature_map), 1))
+        return self.features(self.fc(x))
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The pre-pooling feature map (B, widths[-1], ⌈H/16⌉, ⌈W/16⌉)."""
+        self._check_images(images)
+        x = self.body(self.stem(images))
+        return self.bn2(x) if self.pooling == "fc" else x
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Embedding (B, D) of images (B, in_channels, H, W)."""
+        self._check_images(images)
+        return self.pool(self.body(self.stem(images)))
+
+
+def _iresnet(layers: Sequence[int], **kwargs) -> IResNet:
+    return IResNet(layers, **kwargs)
+
+
+@register_model
+def iresnet18(**kwargs) -> IResNet:
+    """IResNet-18 (2, 2, 2, 2); 24,025,600 parameters at embedding 512. kwargs → :class:`IResNet`."""
+    return _iresnet((2, 2, 2, 2), **kwargs)
+
+
+@register_model
+def iresnet34(**kwargs) -> IResNet:
+    """IResNet-34 (3, 4, 6, 3); 34,139,328 parameters. kwargs → :class:`IResNet`."""
+    return _iresnet((3, 4, 6, 3), **kwargs)
+
+
+@register_model
+def iresnet50(**kwargs) -> IResNet:
+    """IResNet-50 (3, 4, 14, 3); 43,590,848 parameters. kwargs → :class:`IResNet`."""
+    return _iresnet((3, 4, 14, 3), **kwargs)
+
+
+@register_model
+def iresnet100(**kwargs) -> IResNet:
+    """IResNet-100 (3, 13, 30, 3); 65,156,160 parameters. kwargs → :class:`IResNet`."""
+    return _iresnet((3, 13, 30, 3), **kwargs)
+
+
+@register_model
+def iresnet_nano(**kwargs) -> IResNet:
+    """A tiny IResNet for tests and demos: (1, 1, 1, 1) blocks, widths (16, 32, 64, 128), D = 128.
+
+    Same code path and key layout as the full models; 1,111,792 parameters at D = 128 (most of them in the FC).
+    """
+    kwargs.setdefault("widths", (16, 32, 64, 128))
+    kwargs.setdefault("embedding_size", 128)
+    return _iresnet((1, 1, 1, 1), **kwargs)
+
+
+@register_model
+def lresnet18e(**kwargs) -> IResNet:
+    """LResNet18E-IR, the GNAP paper's baseline (§4, Table 1): ArcFace's 18-layer IR network with
+    the "E" output block (BN → dropout → FC → BN).
+
+    This is the network InsightFace's MXNet code names ``LResNet18E-IR`` and its PyTorch code
+    ``iresnet18``: the same layers, so the same parameter count (24,025,600 at D = 512). It is
+    registered under the paper's name so that ``lresnet18e`` vs ``iresnet18_gnap`` reads as the
+    paper's Table 1 comparison. kwargs → :class:`IResNet`.
+    """
+    return _iresnet((2, 2, 2, 2), **kwargs)
+
+
+@register_model
+def iresnet18_gnap(**kwargs) -> IResNet:
+    """LResNet18E(GNAP) of the GNAP paper (§4, Table 1): GNAP replaces BN → dropout → FC → BN.
+
+    With D = 512 = the last width the head is BN(fixed γ) → norm-aware reweighting → GAP →
+    BN1d(fixed γ), adding only BatchNorm parameters and removing the 25088×512 FC.
+    kwargs → :class:`IResNet` (``pooling`` is fixed to ``"gnap"``).
+    """
+    kwargs["pooling"] = "gnap"
+    return _iresnet((2, 2, 2, 2), **kwargs)

@@ -1,0 +1,201 @@
+"""MobileFaceNet: the mobile face recognizer with a global depthwise convolution (GDConv) head.
+
+Chen et al., *MobileFaceNets: Efficient CNNs for Accurate Real-Time Face Verification on Mobile
+Devices* (2018), Table 1: at 112×112, conv3×3 (64, stride 2) → depthwise conv3×3 (64) → inverted
+residual bottlenecks (expansion t, output c, repeats n, stride s) = (2, 64, 5, 2), (4, 128, 1, 2),
+(2, 128, 6, 1), (4, 128, 1, 2), (2, 128, 2, 1) → conv1×1 (512) → linear GDConv 7×7 (512) →
+linear 1×1 conv (D). PReLU is the non-linearity; BatchNorm follows every conv.
+
+``mobilefacenet_gnap`` is the GNAP paper's MobileFaceNet+ (§4, Table 2): GNAP replaces the global
+depthwise convolution layer (and the linear 1×1 conv after it; GNAP's own optional 1×1 projection
+gives D when D ≠ 512).
+
+Example:
+    >>> import torch
+    >>> from faceaux.models import create_model
+    >>> model = create_model("mobilefacenet", embedding_size=128).eval()
+    >>> model(torch.randn(2, 3, 112, 112)).shape
+    torch.Size([2, 128])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from faceaux._checks import check_tensor
+from faceaux.models.registry import register_model
+
+__all__ = ["MOBILEFACENET_SETTING", "ConvBN", "InvertedResidual", "MobileFaceNet"]
+
+#: Table 1 of the MobileFaceNets paper: (expansion t, output channels c, repeats n, stride s).
+MOBILEFACENET_SETTING: tuple[tuple[int, int, int, int], ...] = (
+    (2, 64, 5, 2),
+    (4, 128, 1, 2),
+    (2, 128, 6, 1),
+    (4, 128, 1, 2),
+    (2, 128, 2, 1),
+)
+
+
+class ConvBN(nn.Module):
+    """Conv (no bias) → BatchNorm → PReLU; ``activation=False`` gives the paper's "linear" conv.
+
+    Args:
+        in_channels, out_channels: C_in, C_out.
+        kernel_size, stride, groups: of the convolution; padding is ``kernel_size // 2`` unless
+            given.
+        activation: append a PReLU.
+
+    Shape:
+        (B, C_in, H, W) → (B, C_out, H', W') with the usual convolution arithmetic.
+
+    Example:
+        >>> ConvBN(8, 16, 3, stride=2)(torch.randn(2, 8, 14, 14)).shape
+        torch.Size([2, 16, 7, 7])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int] = 1,
+        stride: int = 1,
+        groups: int = 1,
+        padding: int | tuple[int, int] | None = None,
+        activation: bool = True,
+    ) -> None:
+        super().__init__()
+        if padding is None:
+            padding = (
+                kernel_size // 2
+                if isinstance(kernel_size, int)
+                else tuple(k // 2 for k in kernel_size)
+            )
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False
+        )
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.prelu = nn.PReLU(out_channels) if activation else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn(self.conv(x))
+        return x if self.prelu is None else self.prelu(x)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 bottleneck with PReLU: 1×1 expand → depthwise 3×3 (stride) → linear 1×1.
+
+    MobileFaceNets §3.2 / Table 1. Residual connection when stride is 1 and C_in = C_out.
+
+    Shape:
+        (B, C_in, H, W) → (B, C_out, ⌈H / stride⌉, ⌈W / stride⌉).
+
+    Example:
+        >>> InvertedResidual(16, 16, expansion=2, stride=1)(torch.randn(2, 16, 7, 7)).shape
+        torch.Size([2, 16, 7, 7])
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, expansion: int, stride: int) -> None:
+        super().__init__()
+        hidden = in_channels * expansion
+        self.expand = ConvBN(in_channels, hidden, 1)
+        self.depthwise = ConvBN(hidden, hidden, 3, stride=stride, groups=hidden)
+        self.project = ConvBN(hidden, out_channels, 1, activation=False)
+        self.use_residual = stride == 1 and in_channels == out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.project(self.depthwise(self.expand(x)))
+        return x + out if self.use_residual else out
+
+
+class MobileFaceNet(nn.Module):
+    """MobileFaceNet (Table 1 of the MobileFaceNets paper), optionally with the GNAP head.
+
+    Args:
+        embedding_size: D (the paper uses 128; default 512 like the other reference models).
+        setting: bottleneck configuration, default :data:`MOBILEFACENET_SETTING`.
+        input_size: (H, W); the GDConv kernel is the final map size (7×7 at 112×112).
+        pooling: ``"gdc"`` (linear GDConv → flatten → linear 1×1 conv (bias-free) → BN1d) or
+            ``"gnap"`` (GNAP paper's MobileFaceNet+: :class:`faceaux.GNAP` on the 512-channel
+            map).
+
+    Shape:
+        - images: (B, 3, H, W).
+        - output: (B, D).
+        - ``forward_features``: (B, 512, ⌈H/16⌉, ⌈W/16⌉), the conv1×1 (512) output.
+
+    Example:
+        >>> model = MobileFaceNet(embedding_size=128).eval()
+        >>> model.forward_features(torch.randn(1, 3, 112, 112)).shape
+        torch.Size([1, 512, 7, 7])
+    """
+
+    def __init__(
+        self,
+        *,
+        embedding_size: int = 512,
+        setting: Sequence[tuple[int, int, int, int]] = MOBILEFACENET_SETTING,
+        input_size: tuple[int, int] = (112, 112),
+        pooling: str = "gdc",
+    ) -> None:
+        super().__init__()
+        if pooling not in ("gdc", "gnap"):
+            raise ValueError(f"pooling: expected 'gdc' or 'gnap', received {pooling!r}")
+        self.embedding_size = embedding_size
+        self.input_size = tuple(input_size)
+        self.pooling = pooling
+        self.conv1 = ConvBN(3, 64, 3, stride=2)
+        self.conv2_dw = ConvBN(64, 64, 3, groups=64)
+        blocks: list[nn.Module] = []
+        channels = 64
+        for expansion, out_channels, repeats, stride in setting:
+            for index in range(repeats):
+                blocks.append(
+                    InvertedResidual(channels, out_channels, expansion, stride if index == 0 else 1)
+                )
+                channels = out_channels
+        self.blocks = nn.Sequential(*blocks)
+        self.conv_sep = ConvBN(channels, 512, 1)
+        self.feature_size = tuple(math.ceil(s / 16) for s in self.input_size)
+        if pooling == "gdc":
+            self.gdc = ConvBN(
+                512, 512, self.feature_size, groups=512, padding=0, activation=False
+            )
+            self.linear = nn.Linear(512, embedding_size, bias=False)
+            self.features = nn.BatchNorm1d(embedding_size)
+        else:
+            from faceaux.layers.gnap import GNAP
+
+            self.gnap = GNAP(512, out_features=None if embedding_size == 512 else embedding_size)
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The 512-channel map before the GDConv / GNAP head, (B, 512, ⌈H/16⌉, ⌈W/16⌉)."""
+        check_tensor(images, "images", "(B, 3, H, W)", sizes=(None, 3, None, None), floating=True)
+        return self.conv_sep(self.blocks(self.conv2_dw(self.conv1(images))))
+
+    def pool(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """The head: (B, 512, h, w) → (B, D)."""
+        if self.pooling == "gnap":
+            return self.gnap(feature_map)
+        return self.features(self.linear(torch.flatten(self.gdc(feature_map), 1)))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Embedding (B, D) of images (B, 3, H, W)."""
+        return self.pool(self.forward_features(images))
+
+
+@register_model
+def mobilefacenet(**kwargs) -> MobileFaceNet:
+    """MobileFaceNet with the GDConv head; 0.99 M parameters at D = 128 (the paper's figure)."""
+    return MobileFaceNet(**kwargs)
+
+
+@register_model
+def mobilefacenet_gnap(**kwargs) -> MobileFaceNet:
+    """MobileFaceNet+ of the GNAP paper (§4, Table 2): GNAP replaces the GDConv head."""
+    kwargs["pooling"] = "gnap"
+    return MobileFaceNet(**kwargs)
