@@ -300,9 +300,9 @@ class StackedHourGlass(nn.Module):
             heatmaps = self._modules[f"l{i}"](features)
             out[f"heatmaps.{i + 1}"] = heatmaps
             if collect:
-                for r, h, l in zip(self.resolutions, h2l, l2h, strict=True):
-                    out[f"h2l.{i + 1}.{r}"] = h
-                    out[f"l2h.{i + 1}.{r}"] = l
+                for r, down, up in zip(self.resolutions, h2l, l2h, strict=True):
+                    out[f"h2l.{i + 1}.{r}"] = down
+                    out[f"l2h.{i + 1}.{r}"] = up
             if i < self.num_stacks - 1:
                 previous = (
                     previous
@@ -353,8 +353,8 @@ class FAN(StackedHourGlass):
     Bulat & Tzimiropoulos, ICCV 2017, as used by FAN-Face (§3.1: "We used 2 stacks as they
     suffice"). 256×256 RGB input in [0, 1] (face-alignment's convention), 64×64 heatmaps, depth-4
     hourglasses of width 256; the state-dict layout is the public face-alignment package's. See
-    :class:`StackedHourGlass` for the layers and the keys of :meth:`forward_features` (``"h2l.2.64"``
-    is the paper's h2l-2 feature at 64×64), and :func:`load_face_alignment_checkpoint` for weights.
+    :class:`StackedHourGlass` for the layers and the keys of :meth:`forward_features`
+    (``"h2l.2.64"`` is the paper's h2l-2 feature at 64×64), and :func:`load_face_alignment_checkpoint` for weights.
 
     Args:
         num_stacks: number of hourglasses (the paper: 2; face-alignment's 2DFAN-4: 4).
