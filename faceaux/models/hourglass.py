@@ -305,9 +305,7 @@ class StackedHourGlass(nn.Module):
                     out[f"l2h.{i + 1}.{r}"] = up
             if i < self.num_stacks - 1:
                 previous = (
-                    previous
-                    + self._modules[f"bl{i}"](features)
-                    + self._modules[f"al{i}"](heatmaps)
+                    previous + self._modules[f"bl{i}"](features) + self._modules[f"al{i}"](heatmaps)
                 )
         return out
 
@@ -354,7 +352,8 @@ class FAN(StackedHourGlass):
     suffice"). 256×256 RGB input in [0, 1] (face-alignment's convention), 64×64 heatmaps, depth-4
     hourglasses of width 256; the state-dict layout is the public face-alignment package's. See
     :class:`StackedHourGlass` for the layers and the keys of :meth:`forward_features`
-    (``"h2l.2.64"`` is the paper's h2l-2 feature at 64×64), and :func:`load_face_alignment_checkpoint` for weights.
+    (``"h2l.2.64"`` is the paper's h2l-2 feature at 64×64), and
+    :func:`load_face_alignment_checkpoint` for weights.
 
     Args:
         num_stacks: number of hourglasses (the paper: 2; face-alignment's 2DFAN-4: 4).
