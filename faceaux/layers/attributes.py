@@ -1,0 +1,375 @@
+"""Identity-stable facial attributes learned jointly with identity (multi-task face recognition).
+
+From "Multi-task deep face recognition with facial attributes"
+(``papers/multitask-face-attributes.txt``):
+
+- ``AttributeHead`` (§3.3, Fig. 1, Fig. 9 configuration 1): the attribute-only fully connected
+  layer ``g`` on top of the shared embedding, then the attribute weights ``W_a``.
+- ``attribute_loss``: the attribute loss ``L_a`` (mean squared error in the paper, or binary
+  cross-entropy), ignoring unlabelled entries.
+- ``MultiTaskLoss`` (eq. 2): ``λ1 · L_a + λ2 · L_p``.
+- ``majority_vote`` (§3.2): every image of an identity gets that identity's majority label.
+- ``CELEBA_FACE_ATTRIBUTES`` (Table 1): the seven identity-stable CelebA attributes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from faceaux._checks import check_same_batch, check_tensor
+
+__all__ = [
+    "CELEBA_ATTRIBUTE_NAMES",
+    "CELEBA_FACE_ATTRIBUTES",
+    "AttributeHead",
+    "AttributeSelection",
+    "MultiTaskLoss",
+    "attribute_loss",
+    "majority_vote",
+]
+
+_LOSSES = ("mse", "bce")
+
+#: The 40 columns of CelebA's ``list_attr_celeba.txt``, in file order (0-based column = index).
+CELEBA_ATTRIBUTE_NAMES: tuple[str, ...] = (
+    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs",
+    "Big_Lips", "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows",
+    "Chubby", "Double_Chin", "Eyeglasses", "Goatee", "Gray_Hair", "Heavy_Makeup",
+    "High_Cheekbones", "Male", "Mouth_Slightly_Open", "Mustache", "Narrow_Eyes", "No_Beard",
+    "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline", "Rosy_Cheeks", "Sideburns",
+    "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat",
+    "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class AttributeSelection:
+    """Groups of attribute names chosen from a dataset's annotation columns.
+
+    Attributes:
+        groups: group name → attribute names, in the order the paper lists them.
+        columns: every column name of the annotation file, in file order.
+        names: all selected names, group after group (the order of ``indices``).
+        indices: 0-based annotation column of each name in ``names``.
+
+    Example:
+        >>> CELEBA_FACE_ATTRIBUTES.names[:3]
+        ('Narrow_Eyes', 'Big_Nose', 'Pointy_Nose')
+        >>> CELEBA_FACE_ATTRIBUTES.indices
+        (23, 7, 27, 13, 14, 19, 20)
+    """
+
+    groups: Mapping[str, tuple[str, ...]]
+    columns: tuple[str, ...]
+    names: tuple[str, ...] = field(init=False)
+    indices: tuple[int, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        names = tuple(name for group in self.groups.values() for name in group)
+        unknown = [name for name in names if name not in self.columns]
+        if unknown:
+            raise ValueError(f"groups: names {unknown} are not among the annotation columns")
+        object.__setattr__(self, "groups", MappingProxyType(dict(self.groups)))
+        object.__setattr__(self, "names", names)
+        object.__setattr__(self, "indices", tuple(self.columns.index(n) for n in names))
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def group_positions(self, group: str) -> tuple[int, ...]:
+        """Positions in ``names`` (= columns of the selected labels) of one group's attributes."""
+        if group not in self.groups:
+            raise ValueError(f"group: expected one of {tuple(self.groups)}, received {group!r}")
+        return tuple(self.names.index(name) for name in self.groups[group])
+
+
+#: The paper's Table 1: identity-stable CelebA attributes by group. Select them from CelebA's
+#: 40-column annotation with ``annotations[:, list(CELEBA_FACE_ATTRIBUTES.indices)]``.
+CELEBA_FACE_ATTRIBUTES = AttributeSelection(
+    groups={
+        "eye": ("Narrow_Eyes",),
+        "nose": ("Big_Nose", "Pointy_Nose"),
+        "global": ("Chubby", "Double_Chin", "High_Cheekbones", "Male"),
+    },
+    columns=CELEBA_ATTRIBUTE_NAMES,
+)
+
+
+def attribute_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    loss: str = "mse",
+) -> torch.Tensor:
+    """Attribute loss ``L_a`` averaged over the labelled entries only.
+
+    Multi-task paper, §3.3, eq. 2: ``L_a`` is the mean squared error between predictions and
+    attribute labels (``loss="mse"``); ``loss="bce"`` uses binary cross-entropy with logits
+    (targets in ``[0, 1]``; map CelebA's ±1 labels with ``(a + 1) / 2``).
+
+    An entry is labelled where ``mask`` is true (or non-zero) and ``target`` is not NaN; the loss
+    is the mean over labelled entries. Unlabelled entries contribute neither value nor gradient;
+    a batch with no labelled entry gives ``0`` (with a zero gradient), never NaN.
+
+    Args:
+        pred: predictions (``"mse"``) or logits (``"bce"``).
+        target: attribute labels; NaN marks an unlabelled entry.
+        mask: optional, true where labelled.
+        loss: ``"mse"`` or ``"bce"``.
+
+    Shape:
+        - pred, target, mask: ``(B, M)``
+        - output: ``()``
+
+    Example:
+        >>> pred = torch.tensor([[0.5, 2.0]])
+        >>> attribute_loss(pred, torch.tensor([[1.0, float("nan")]]))
+        tensor(0.2500)
+    """
+    if loss not in _LOSSES:
+        raise ValueError(f"loss: expected one of {_LOSSES}, received {loss!r}")
+    check_tensor(pred, "pred", "(B, M)", floating=True)
+    check_tensor(target, "target", "(B, M)", sizes=tuple(pred.shape))
+    labelled = (
+        ~torch.isnan(target)
+        if target.is_floating_point()
+        else torch.ones_like(target, dtype=torch.bool)
+    )
+    if mask is not None:
+        check_tensor(mask, "mask", "(B, M)", sizes=tuple(pred.shape))
+        labelled = labelled & mask.bool()
+    clean = torch.where(
+        labelled, target.to(pred.dtype), torch.zeros((), dtype=pred.dtype, device=pred.device)
+    )
+    if loss == "mse":
+        per_entry = (pred - clean).square()
+    else:
+        per_entry = F.binary_cross_entropy_with_logits(pred, clean, reduction="none")
+    weight = labelled.to(pred.dtype)
+    return (per_entry * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+class AttributeHead(nn.Module):
+    """Predict facial attributes from a face embedding: the paper's attribute-only FC + ``W_a``.
+
+    Multi-task paper, §3.3, eq. 2 and Fig. 9 configuration 1 (the paper's choice): the shared
+    embedding ``f`` goes through one extra fully connected layer ``g`` used for attributes only —
+    ``Linear(in_features, hidden_features, bias=False) → BatchNorm1d → PReLU`` (the paper puts BN
+    then PReLU after every FC; the bias is dropped as BN cancels it) — then optional dropout, then
+    ``W_a = Linear(hidden_features, num_attributes)``. The output is the raw prediction: the
+    regression output for ``loss="mse"`` (the paper's), logits for ``loss="bce"``.
+
+    Args:
+        in_features: embedding size ``D`` (1024 in the paper).
+        num_attributes: number of attributes ``M`` (7 for ``CELEBA_FACE_ATTRIBUTES``).
+        hidden_features: width of ``g`` (1024 in the paper).
+        loss: ``"mse"`` or ``"bce"``, used by ``loss()``.
+        dropout: dropout probability before ``W_a`` (the paper trains its FC layers with 0.5).
+
+    Shape:
+        - embedding: ``(B, D)``
+        - output: ``(B, M)``
+
+    Example:
+        >>> head = AttributeHead(512, len(CELEBA_FACE_ATTRIBUTES), hidden_features=256)
+        >>> pred = head(torch.randn(4, 512))
+        >>> head.loss(pred, torch.randint(0, 2, (4, 7)).float()).shape
+        torch.Size([])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_attributes: int,
+        hidden_features: int = 1024,
+        loss: str = "mse",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("in_features", in_features),
+            ("num_attributes", num_attributes),
+            ("hidden_features", hidden_features),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, received {value!r}")
+        if loss not in _LOSSES:
+            raise ValueError(f"loss: expected one of {_LOSSES}, received {loss!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout: expected a probability in [0, 1), received {dropout!r}")
+        self.in_features = in_features
+        self.num_attributes = num_attributes
+        self.loss_kind = loss
+        self.attribute_fc = nn.Sequential(
+            nn.Linear(in_features, hidden_features, bias=False),
+            nn.BatchNorm1d(hidden_features),
+            nn.PReLU(hidden_features),
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_features, num_attributes)
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        check_tensor(
+            embedding, "embedding", "(B, D)", sizes=(None, self.in_features), floating=True
+        )
+        return self.classifier(self.dropout(self.attribute_fc(embedding)))
+
+    def loss(
+        self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The attribute loss of this head's kind; see ``attribute_loss``."""
+        return attribute_loss(pred, target, mask, loss=self.loss_kind)
+
+
+class MultiTaskLoss(nn.Module):
+    """Joint identity + attribute objective: ``λ1 · L_a + λ2 · L_p`` (multi-task paper, eq. 2).
+
+    ``L_p`` is the identity loss: soft-max cross-entropy of identity logits (``W_p · f``, or a
+    margin head's logits) by default, or any ``identity_loss(logits, labels)`` module you pass.
+    ``L_a`` is ``attribute_loss`` (MSE in the paper) over labelled attribute entries. The
+    defaults ``λ1 = lambda_attr = 0.1``, ``λ2 = lambda_id = 1`` are the paper's fine-tuning stage
+    (§4.4; its first stage trains with ``λ1 = 0``).
+
+    Args:
+        lambda_attr: ``λ1``, weight of the attribute loss.
+        lambda_id: ``λ2``, weight of the identity loss.
+        attribute_loss: ``"mse"`` or ``"bce"``.
+        identity_loss: module computing ``L_p`` from ``(logits, labels)``; default
+            ``nn.CrossEntropyLoss()``.
+
+    Shape:
+        - identity_logits: ``(B, P)``; identity_labels: ``(B,)`` int64
+        - attribute_pred, attribute_target, attribute_mask: ``(B, M)``
+        - output: ``()``
+
+    Example:
+        >>> criterion = MultiTaskLoss()
+        >>> logits, labels = torch.randn(4, 10), torch.tensor([0, 3, 3, 9])
+        >>> criterion(logits, labels, torch.zeros(4, 7), torch.ones(4, 7)).item() > 0
+        True
+    """
+
+    def __init__(
+        self,
+        lambda_attr: float = 0.1,
+        lambda_id: float = 1.0,
+        attribute_loss: str = "mse",
+        identity_loss: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("lambda_attr", lambda_attr), ("lambda_id", lambda_id)):
+            if not value >= 0:
+                raise ValueError(f"{name}: expected a non-negative float, received {value!r}")
+        if attribute_loss not in _LOSSES:
+            raise ValueError(
+                f"attribute_loss: expected one of {_LOSSES}, received {attribute_loss!r}"
+            )
+        self.lambda_attr = float(lambda_attr)
+        self.lambda_id = float(lambda_id)
+        self.attribute_loss_kind = attribute_loss
+        self.identity_loss = nn.CrossEntropyLoss() if identity_loss is None else identity_loss
+
+    def forward(
+        self,
+        identity_logits: torch.Tensor,
+        identity_labels: torch.Tensor,
+        attribute_pred: torch.Tensor,
+        attribute_target: torch.Tensor,
+        attribute_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        check_tensor(identity_logits, "identity_logits", "(B, P)", floating=True)
+        check_tensor(identity_labels, "identity_labels", "(B,)")
+        check_same_batch(identity_logits, "identity_logits", identity_labels, "identity_labels")
+        check_tensor(attribute_pred, "attribute_pred", "(B, M)", floating=True)
+        check_same_batch(identity_logits, "identity_logits", attribute_pred, "attribute_pred")
+        identity = self.identity_loss(identity_logits, identity_labels)
+        attributes = attribute_loss(
+            attribute_pred, attribute_target, attribute_mask, loss=self.attribute_loss_kind
+        )
+        return self.lambda_attr * attributes + self.lambda_id * identity
+
+    def extra_repr(self) -> str:
+        return (
+            f"lambda_attr={self.lambda_attr}, lambda_id={self.lambda_id}, "
+            f"attribute_loss={self.attribute_loss_kind!r}"
+        )
+
+
+def majority_vote(attribute_labels: torch.Tensor, identity_labels: torch.Tensor) -> torch.Tensor:
+    """Give every sample its identity's most frequent label, per attribute (§3.2 of the paper).
+
+    Multi-task paper, §3.2: attributes predicted per image are made consistent per identity by
+    majority voting ("15 images of Bruce Lee, 14 predicted male, one female → all male").
+
+    Labels may be any discrete values (0/1, ±1, class ids), integer or floating. Counting is one
+    ``bincount`` over (identity, attribute, label value) triples, so it is linear in ``N·M``
+    (plus the sorts of ``torch.unique``) — no loop over identities or attributes.
+
+    Ties: among the most frequent values of an (identity, attribute) pair, the **smallest**
+    value wins (0 over 1 for 0/1 labels, −1 over +1 for CelebA's ±1), the same on every device.
+    Floating labels may use NaN for "no prediction": NaN never votes, and a pair with no vote at
+    all stays NaN.
+
+    Args:
+        attribute_labels: per-sample attribute labels.
+        identity_labels: per-sample identity (any integer ids, not necessarily contiguous).
+
+    Shape:
+        - attribute_labels: ``(N, M)``
+        - identity_labels: ``(N,)``
+        - output: ``(N, M)``, dtype and device of ``attribute_labels``
+
+    Example:
+        >>> labels = torch.tensor([[1, 0], [1, 1], [0, 1], [0, 0]])
+        >>> majority_vote(labels, torch.tensor([7, 7, 7, 2]))
+        tensor([[1, 1],
+                [1, 1],
+                [1, 1],
+                [0, 0]])
+    """
+    check_tensor(attribute_labels, "attribute_labels", "(N, M)")
+    check_tensor(identity_labels, "identity_labels", "(N,)")
+    check_same_batch(attribute_labels, "attribute_labels", identity_labels, "identity_labels")
+    if identity_labels.is_floating_point() or identity_labels.is_complex():
+        raise ValueError(
+            f"identity_labels: expected an integer tensor, received dtype {identity_labels.dtype}"
+        )
+    num_samples, num_attributes = attribute_labels.shape
+    if num_samples == 0:
+        return attribute_labels.clone()
+    if attribute_labels.is_floating_point():
+        votes = ~torch.isnan(attribute_labels)
+    else:
+        votes = torch.ones_like(attribute_labels, dtype=torch.bool)
+    identity_labels = identity_labels.to(attribute_labels.device)
+    identities, identity_index = torch.unique(identity_labels, return_inverse=True)
+    values = torch.unique(attribute_labels[votes])  # sorted ascending
+    if values.numel() == 0:
+        return attribute_labels.clone()
+    num_values = values.numel()
+    # Index of every label among the sorted distinct values (NaN entries are masked out below).
+    value_index = torch.searchsorted(values, attribute_labels.contiguous()).clamp_max(
+        num_values - 1
+    )
+    attribute_index = torch.arange(num_attributes, device=attribute_labels.device)
+    cell = (identity_index.unsqueeze(1) * num_attributes + attribute_index) * num_values
+    flat = (cell + value_index)[votes]
+    num_cells = identities.numel() * num_attributes
+    counts = torch.bincount(flat, minlength=num_cells * num_values)
+    counts = counts.view(identities.numel(), num_attributes, num_values)
+    # Ties -> smallest value: rank the tied maxima by descending priority, which is unique.
+    priority = torch.arange(num_values, 0, -1, device=counts.device)
+    is_max = counts == counts.amax(dim=-1, keepdim=True)
+    winner = torch.where(is_max, priority, torch.zeros_like(priority)).argmax(dim=-1)
+    result = values[winner]  # (I, M)
+    if attribute_labels.is_floating_point():
+        no_vote = counts.sum(dim=-1) == 0
+        result = result.masked_fill(no_vote, float("nan"))
+    return result[identity_index]

@@ -1,0 +1,190 @@
+"""Global Norm-Aware Pooling (GNAP): re-weight local features by their L2 norm, then pool.
+
+From "Global Norm-Aware Pooling for Pose-Robust Face Recognition at Low False Positive Rate"
+(``papers/gnap-global-norm-aware-pooling.txt``), §3.2, eqs. 1–3. The block replaces the
+flatten + FC (or the global depthwise convolution) that maps a backbone's last feature map to the
+embedding, and keeps spatial symmetry: permuting the spatial positions leaves its output unchanged.
+
+The block is, in order: BatchNorm with fixed gamma → norm-aware re-weighting (eq. 3) → global
+average pooling → BatchNorm with fixed gamma. ``norm_aware_reweight`` is the re-weighting step on
+its own; ``FixedGammaBatchNorm`` is MXNet's ``BatchNorm(fix_gamma=True)`` in PyTorch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from faceaux._checks import check_tensor
+
+__all__ = ["GNAP", "FixedGammaBatchNorm", "norm_aware_reweight"]
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def norm_aware_reweight(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Re-weight every local feature by the sample's mean local-feature norm over its own norm.
+
+    GNAP paper, §3.2, eqs. 1–3: with ``‖F_ij‖`` the L2 norm of the local feature at spatial
+    position ``(i, j)`` (over channels, eq. 1) and ``‖F‖_mean`` the mean of those norms over the
+    ``H·W`` positions of the same sample (eq. 2), the output is
+    ``G[b, :, i, j] = ‖F[b]‖_mean / max(‖F[b, :, i, j]‖, eps) · F[b, :, i, j]`` (eq. 3).
+
+    Every non-zero local feature comes out with norm ``‖F‖_mean``: the block equalises the
+    contribution of "easy" (large-norm) and "hard" (small-norm) viewpoints before pooling.
+
+    Zero local features: ``eps`` only guards the division. A local feature whose norm is below
+    ``eps`` is scaled by ``‖F‖_mean / eps`` instead of being blown up to norm ``‖F‖_mean``; an
+    exactly-zero local feature therefore stays exactly zero, and an all-zero sample maps to zeros.
+    Values and gradients stay finite (the gradient at an exactly-zero feature is
+    ``‖F‖_mean / eps`` times the identity, large but finite). The ratio is invariant to a global
+    positive rescaling of ``x`` as long as the local norms stay above ``eps``.
+
+    Norms and the ratio are computed in float32 for float16/bfloat16 inputs; the result has the
+    dtype of ``x``.
+
+    Args:
+        x: feature map.
+        eps: lower bound on a local-feature norm in the division.
+
+    Shape:
+        - x: ``(B, C, H, W)``
+        - output: ``(B, C, H, W)``
+
+    Example:
+        >>> x = torch.randn(2, 8, 7, 7)
+        >>> g = norm_aware_reweight(x)
+        >>> torch.allclose(g.norm(dim=1), x.norm(dim=1).mean(dim=(1, 2), keepdim=True))
+        True
+    """
+    check_tensor(x, "x", "(B, C, H, W)", floating=True)
+    if not eps > 0:
+        raise ValueError(f"eps: expected a positive float, received {eps!r}")
+    work = x.float() if x.dtype in _LOW_PRECISION else x
+    local_norm = torch.linalg.vector_norm(work, dim=1, keepdim=True)  # (B, 1, H, W), eq. 1
+    mean_norm = local_norm.mean(dim=(2, 3), keepdim=True)  # (B, 1, 1, 1), eq. 2, per sample
+    ratio = mean_norm / local_norm.clamp_min(eps)  # eq. 3
+    return x * ratio.to(x.dtype)
+
+
+class FixedGammaBatchNorm(nn.Module):
+    """Batch normalisation whose scale (gamma) is fixed to 1: only the shift (beta) is learned.
+
+    The GNAP paper's "BN with fixed gamma" (MXNet's ``BatchNorm(fix_gamma=True)``). There is no
+    weight parameter at all, so no optimiser, ``requires_grad_(True)`` or ``load_state_dict``
+    can change the scale. The normalisation itself is a ``BatchNorm1d``/``BatchNorm2d`` child
+    with ``affine=False`` (so ``nn.SyncBatchNorm.convert_sync_batchnorm`` converts it) and the
+    learned shift is the parameter ``bias``. ``state_dict`` keys: ``bias``, ``norm.running_mean``,
+    ``norm.running_var``, ``norm.num_batches_tracked``.
+
+    Args:
+        num_features: number of channels ``C``.
+        spatial: ``True`` for ``(B, C, H, W)`` inputs (BatchNorm2d), ``False`` for ``(B, C)``.
+        eps: added to the variance, as in ``nn.BatchNorm2d``.
+        momentum: running-statistics momentum, as in ``nn.BatchNorm2d``.
+
+    Shape:
+        - input: ``(B, C, H, W)`` if ``spatial`` else ``(B, C)``
+        - output: same as input
+
+    Example:
+        >>> bn = FixedGammaBatchNorm(8, spatial=False)
+        >>> sorted(name for name, _ in bn.named_parameters())
+        ['bias']
+        >>> bn(torch.randn(4, 8)).shape
+        torch.Size([4, 8])
+    """
+
+    def __init__(
+        self, num_features: int, spatial: bool, eps: float = 1e-5, momentum: float = 0.1
+    ) -> None:
+        super().__init__()
+        norm_class = nn.BatchNorm2d if spatial else nn.BatchNorm1d
+        self.norm = norm_class(num_features, eps=eps, momentum=momentum, affine=False)
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.spatial = spatial
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shift = self.bias.view(-1, 1, 1) if self.spatial else self.bias
+        return self.norm(x) + shift.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.bias.numel()}, spatial={self.spatial}, gamma=1 (fixed)"
+
+
+def _positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: expected a positive int, received {value!r}")
+    return value
+
+
+class GNAP(nn.Module):
+    """Global Norm-Aware Pooling: a spatially symmetric map from a feature map to an embedding.
+
+    GNAP paper, §3.2, Fig. 2 and eqs. 1–3. The block is
+    ``FixedGammaBatchNorm2d → norm_aware_reweight (eq. 3) → global average pooling →
+    FixedGammaBatchNorm1d``. Both batch norms have gamma fixed to 1 (no weight parameter) and a
+    learned shift; the re-weighting's mean norm (eq. 2) is taken per sample over its ``H·W``
+    positions. The whole block has ``2·C`` learned parameters.
+
+    ``out_features`` (when set and different from ``C``): the paper allows "pointwise convolution
+    layers before or after the GNAP block" to change the channel number. This module puts it
+    after: a bias-free ``Linear(C, out_features)`` (a 1×1 convolution on the pooled vector) and a
+    third fixed-gamma BatchNorm1d after the block above. Put your own 1×1 convolution in front of
+    the block if you want to project before pooling.
+
+    Zero local features after the first batch norm stay zero in the re-weighting (see
+    ``norm_aware_reweight``); outputs and gradients are finite.
+
+    Args:
+        channels: number of input channels ``C``.
+        out_features: embedding size; ``None`` (or ``C``) keeps ``C`` and adds no projection.
+        eps: lower bound on a local-feature norm in the re-weighting's division.
+
+    Shape:
+        - features: ``(B, C, H, W)``
+        - output: ``(B, C)``, or ``(B, out_features)``
+
+    Example:
+        >>> gnap = GNAP(64, out_features=32)
+        >>> gnap(torch.randn(4, 64, 7, 7)).shape
+        torch.Size([4, 32])
+    """
+
+    def __init__(self, channels: int, out_features: int | None = None, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.channels = _positive_int(channels, "channels")
+        if out_features is not None:
+            _positive_int(out_features, "out_features")
+        if not eps > 0:
+            raise ValueError(f"eps: expected a positive float, received {eps!r}")
+        self.eps = eps
+        self.out_features = channels if out_features is None else out_features
+        self.input_norm = FixedGammaBatchNorm(channels, spatial=True)
+        self.output_norm = FixedGammaBatchNorm(channels, spatial=False)
+        if self.out_features != channels:
+            self.projection: nn.Linear | None = nn.Linear(channels, self.out_features, bias=False)
+            self.projection_norm: FixedGammaBatchNorm | None = FixedGammaBatchNorm(
+                self.out_features, spatial=False
+            )
+        else:
+            self.projection = None
+            self.projection_norm = None
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        check_tensor(
+            features,
+            "features",
+            "(B, C, H, W)",
+            sizes=(None, self.channels, None, None),
+            floating=True,
+        )
+        x = self.input_norm(features)
+        x = norm_aware_reweight(x, self.eps)
+        x = self.output_norm(x.mean(dim=(2, 3)))
+        if self.projection is not None and self.projection_norm is not None:
+            x = self.projection_norm(self.projection(x))
+        return x
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, out_features={self.out_features}, eps={self.eps}"
