@@ -1,0 +1,291 @@
+"""SpatialTransformerAlign: learned face alignment in front of any recognizer.
+
+Tang et al., "An End-to-End Face Recognition Method with Alignment Learning" (Optik 2020): a
+spatial transformer (Jaderberg et al. 2015) whose localisation network regresses the parameters
+of an identity, similarity, affine or projective transform from the face crop, trained from the
+identity loss alone (§3). The geometry (matrices, warp, pixel conversions, the classical
+landmark similarity) lives in :mod:`faceaux.layers.geometry`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from faceaux._checks import check_tensor
+from faceaux.layers.geometry import (
+    TRANSFORM_PARAMETERS,
+    _check_size,
+    params_from_matrix,
+    transform_matrix,
+    warp,
+)
+
+__all__ = ["SpatialTransformerAlign", "param_groups", "theta_regularization"]
+
+
+class SpatialTransformerAlign(nn.Module):
+    """Warp each face with a transform regressed from the face itself (a spatial transformer).
+
+    Tang et al. 2020, §3.1–§3.3. The localisation network is the paper's setting 3 (§3.2,
+    Table 2): the input resized to ``loc_input_size`` (64×64 in the paper), three blocks of
+    3×3 conv → BatchNorm → ReLU → 2×2 max-pool, a fully-connected layer, then the layer that
+    regresses the transform's parameters (8 projective, 6 affine, 4 similarity — §3.1). The
+    warp is :func:`~faceaux.layers.geometry.warp` (eqs. 1–2).
+
+    Parameterisation: the regressor outputs the paper's own quantities — similarity
+    ``(λ, α, t1, t2)`` with the scale ``λ`` itself (eq. 6), affine ``θ11…θ23``, projective
+    ``θ11…θ32`` with ``θ33 = 1`` (eq. 1) — in normalised coordinates. Its weight starts at zero
+    and its bias at the identity's parameters, so at initialisation the output is exactly the
+    plain resize of the input to ``output_size`` (``F.interpolate``, bilinear, same
+    ``align_corners``) — for any output size with ``padding_mode="border"``, and with any padding
+    when the output is no larger than the input (then no sample falls outside it; upsampling
+    with ``"zeros"`` fades the outermost half pixel toward 0). ``transform="identity"`` has no
+    localisation network: the output is always that resize (the paper's unaligned baseline,
+    §3.3, where the crop is used as it is). Train the localisation network with a 10–100×
+    smaller learning rate (§4); :func:`param_groups` builds the optimiser groups.
+
+    Args:
+        transform: ``"identity"``, ``"translation"``, ``"similarity"``, ``"affine"`` or
+            ``"projective"``.
+        output_size: ``(h, w)`` of the aligned output (112×112 for ArcFace-style recognizers).
+        in_channels: channels of the input images.
+        loc_input_size: ``(h, w)`` the localisation network sees; each side must be divisible
+            down to at least 1 by ``2 ** len(loc_channels)``.
+        loc_channels: output channels of the conv blocks (three in the paper's setting 3).
+        loc_hidden: width of the fully-connected layer before the regressor; ``None`` regresses
+            directly from the flattened conv features.
+        align_corners: the ``F.grid_sample`` convention (``False``: ``±1`` on pixel edges).
+        padding_mode: ``"zeros"``, ``"border"`` or ``"reflection"`` outside the input.
+        mode: ``"bilinear"`` (eq. 2), ``"nearest"`` or ``"bicubic"``.
+
+    Shape:
+        - x: ``(B, C, H, W)`` with ``C = in_channels``
+        - output: ``(B, C, h, w)``; with ``return_matrix=True`` also the ``(B, 3, 3)`` matrix
+          (output-normalised → input-normalised coordinates)
+
+    Example:
+        >>> stn = SpatialTransformerAlign("projective", output_size=(112, 112)).eval()
+        >>> x = torch.rand(2, 3, 128, 128)
+        >>> aligned, matrix = stn(x, return_matrix=True)
+        >>> aligned.shape, matrix.shape
+        (torch.Size([2, 3, 112, 112]), torch.Size([2, 3, 3]))
+        >>> resized = F.interpolate(x, size=(112, 112), mode="bilinear", align_corners=False)
+        >>> torch.allclose(aligned, resized, atol=1e-4)
+        True
+    """
+
+    def __init__(
+        self,
+        transform: str = "similarity",
+        output_size: tuple[int, int] = (112, 112),
+        in_channels: int = 3,
+        loc_input_size: tuple[int, int] = (64, 64),
+        loc_channels: Sequence[int] = (32, 64, 128),
+        loc_hidden: int | None = 128,
+        align_corners: bool = False,
+        padding_mode: str = "zeros",
+        mode: str = "bilinear",
+    ) -> None:
+        super().__init__()
+        if transform not in TRANSFORM_PARAMETERS:
+            raise ValueError(
+                f"transform: expected one of {sorted(TRANSFORM_PARAMETERS)}, received {transform!r}"
+            )
+        if not isinstance(in_channels, int) or in_channels < 1:
+            raise ValueError(f"in_channels: expected a positive int, received {in_channels!r}")
+        self.transform = transform
+        self.output_size = _check_size(output_size, "output_size")
+        self.in_channels = in_channels
+        self.loc_input_size = _check_size(loc_input_size, "loc_input_size")
+        self.align_corners = bool(align_corners)
+        self.padding_mode = padding_mode
+        self.mode = mode
+        self.localization: nn.Sequential | None = None
+        self.regressor: nn.Linear | None = None
+        if transform == "identity":
+            return
+
+        loc_channels = tuple(loc_channels)
+        if not loc_channels or not all(isinstance(c, int) and c > 0 for c in loc_channels):
+            raise ValueError(f"loc_channels: expected positive ints, received {loc_channels!r}")
+        reduction = 2 ** len(loc_channels)
+        height, width = (s // reduction for s in self.loc_input_size)
+        if height < 1 or width < 1:
+            raise ValueError(
+                f"loc_input_size: expected each side ≥ {reduction} (2 ** len(loc_channels)), "
+                f"received {self.loc_input_size}"
+            )
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for out_channels in loc_channels:
+            layers += [
+                nn.Conv2d(channels, out_channels, kernel_size=3, padding=1, bias=False),
+                nn.BatchNorm2d(out_channels),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
+            channels = out_channels
+        layers.append(nn.Flatten())
+        features = channels * height * width
+        if loc_hidden is not None:
+            if not isinstance(loc_hidden, int) or loc_hidden < 1:
+                raise ValueError(
+                    f"loc_hidden: expected a positive int or None, received {loc_hidden!r}"
+                )
+            layers += [nn.Linear(features, loc_hidden), nn.ReLU(inplace=True)]
+            features = loc_hidden
+        self.localization = nn.Sequential(*layers)
+        self.regressor = nn.Linear(features, TRANSFORM_PARAMETERS[transform])
+        self.reset_transform()
+
+    @torch.no_grad()
+    def reset_transform(self, matrix: torch.Tensor | None = None) -> None:
+        """Make the localisation network output one fixed matrix: regressor weight 0, bias = it.
+
+        Args:
+            matrix: ``(3, 3)`` or ``(1, 3, 3)`` normalised output → input matrix (e.g. from
+                :func:`~faceaux.layers.geometry.from_pixel_matrix` of a classical 5-point
+                alignment); ``None`` is the identity. It is projected onto this module's
+                transform kind (:func:`~faceaux.layers.geometry.params_from_matrix`).
+        """
+        if self.regressor is None:
+            raise ValueError("reset_transform: transform='identity' has no localisation network")
+        if matrix is None:
+            matrix = torch.eye(3)
+        if not isinstance(matrix, torch.Tensor) or tuple(matrix.shape) not in ((3, 3), (1, 3, 3)):
+            shape = tuple(matrix.shape) if isinstance(matrix, torch.Tensor) else type(matrix)
+            raise ValueError(f"matrix: expected shape (3, 3) or (1, 3, 3), received {shape}")
+        bias = params_from_matrix(matrix.reshape(1, 3, 3).to(self.regressor.bias), self.transform)
+        self.regressor.weight.zero_()
+        self.regressor.bias.copy_(bias[0])
+
+    def predict_matrix(self, x: torch.Tensor) -> torch.Tensor:
+        """Regress the ``(B, 3, 3)`` output → input matrices for ``x`` ``(B, C, H, W)``.
+
+        The parameters are computed by the localisation network in its dtype (e.g. bf16 under
+        autocast) and turned into a matrix in ``float32`` or wider.
+        """
+        check_tensor(
+            x, "x", "(B, C, H, W)", sizes=(None, self.in_channels, None, None), floating=True
+        )
+        if self.regressor is None or self.localization is None:
+            eye = torch.eye(3, device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
+            return eye.expand(x.shape[0], 3, 3)
+        small = x
+        if tuple(x.shape[-2:]) != self.loc_input_size:
+            small = F.interpolate(x, size=self.loc_input_size, mode="bilinear", align_corners=False)
+        params = self.regressor(self.localization(small))
+        params = params.to(torch.promote_types(params.dtype, torch.float32))
+        return transform_matrix(params, self.transform)
+
+    def forward(
+        self, x: torch.Tensor, return_matrix: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Align ``x`` ``(B, C, H, W)`` → ``(B, C, h, w)``; also return the matrix if asked."""
+        matrix = self.predict_matrix(x)
+        aligned = warp(
+            x,
+            matrix,
+            self.output_size,
+            mode=self.mode,
+            padding_mode=self.padding_mode,
+            align_corners=self.align_corners,
+        )
+        return (aligned, matrix) if return_matrix else aligned
+
+    def extra_repr(self) -> str:
+        return (
+            f"transform={self.transform!r}, output_size={self.output_size}, "
+            f"loc_input_size={self.loc_input_size}, align_corners={self.align_corners}, "
+            f"padding_mode={self.padding_mode!r}, mode={self.mode!r}"
+        )
+
+
+def param_groups(model: nn.Module, lr: float, loc_lr_scale: float = 0.01) -> list[dict]:
+    """Optimiser parameter groups giving every localisation network a smaller learning rate.
+
+    Tang et al. 2020, §4: the best results came with the alignment (localisation) network's
+    learning rate 10–100× smaller than the recognition network's. Every parameter of every
+    :class:`SpatialTransformerAlign` inside ``model`` goes into a group with
+    ``lr * loc_lr_scale``; all other parameters into a group with ``lr``. Empty groups are left
+    out; shared parameters appear once.
+
+    Args:
+        model: any module containing one or more ``SpatialTransformerAlign``.
+        lr: the recognizer's learning rate.
+        loc_lr_scale: factor for the localisation networks, in ``(0, 1]``; 0.01 (100× smaller)
+            by default, 0.1 is the other end of the paper's range.
+
+    Returns:
+        A list of ``{"params": [...], "lr": ...}`` dicts for any ``torch.optim`` optimiser.
+
+    Raises:
+        ValueError: if ``model`` holds no ``SpatialTransformerAlign`` or a rate is out of range.
+
+    Example:
+        >>> stn = SpatialTransformerAlign(output_size=(32, 32))
+        >>> model = nn.Sequential(stn, nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+        >>> groups = param_groups(model, lr=0.1)
+        >>> [g["lr"] for g in groups]
+        [0.1, 0.001]
+        >>> optimizer = torch.optim.SGD(groups, lr=0.1, momentum=0.9)
+    """
+    if not lr > 0:
+        raise ValueError(f"lr: expected a positive learning rate, received {lr!r}")
+    if not 0 < loc_lr_scale <= 1:
+        raise ValueError(f"loc_lr_scale: expected a value in (0, 1], received {loc_lr_scale!r}")
+    aligners = [m for m in model.modules() if isinstance(m, SpatialTransformerAlign)]
+    if not aligners:
+        raise ValueError(
+            "model: expected a module containing a SpatialTransformerAlign, found none"
+        )
+    loc_ids = {id(p) for m in aligners for p in m.parameters()}
+    loc, rest, seen = [], [], set()
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        (loc if id(p) in loc_ids else rest).append(p)
+    groups = [{"params": rest, "lr": lr}, {"params": loc, "lr": lr * loc_lr_scale}]
+    return [g for g in groups if g["params"]]
+
+
+def theta_regularization(matrix: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Squared Frobenius distance of each matrix to the identity: a pull toward "no warp".
+
+    Not in Tang et al. 2020; an optional aid for STNs that collapse (shrink to a point, fly off
+    the face) early in training: add ``weight * theta_regularization(matrix)`` to the loss, with
+    ``matrix`` from ``SpatialTransformerAlign(..., return_matrix=True)``, and anneal ``weight``
+    to 0.
+
+    Args:
+        matrix: ``(B, 3, 3)`` output → input matrices.
+        reduction: ``"mean"`` or ``"sum"`` over the batch, or ``"none"`` for ``(B,)``.
+
+    Returns:
+        A scalar, or ``(B,)`` for ``reduction="none"``.
+
+    Shape:
+        - matrix: ``(B, 3, 3)``
+        - output: ``()`` or ``(B,)``
+
+    Example:
+        >>> m = torch.eye(3).repeat(2, 1, 1)
+        >>> m[1, 0, 2] = 0.5
+        >>> theta_regularization(m, reduction="none")
+        tensor([0.0000, 0.2500])
+    """
+    check_tensor(matrix, "matrix", "(B, 3, 3)", sizes=(None, 3, 3), floating=True)
+    eye = torch.eye(3, device=matrix.device, dtype=matrix.dtype)
+    penalty = (matrix - eye).square().sum(dim=(-2, -1))
+    if reduction == "mean":
+        return penalty.mean()
+    if reduction == "sum":
+        return penalty.sum()
+    if reduction == "none":
+        return penalty
+    raise ValueError(f"reduction: expected 'mean', 'sum' or 'none', received {reduction!r}")

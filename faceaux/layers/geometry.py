@@ -1,0 +1,459 @@
+"""Geometry for learned face alignment: transform matrices, the differentiable warp, pixel maps.
+
+The functional core of :class:`~faceaux.layers.alignment.SpatialTransformerAlign`, after Tang et
+al., "An End-to-End Face Recognition Method with Alignment Learning" (Optik 2020), §3.3, which
+builds on the spatial transformer of Jaderberg et al. (NeurIPS 2015).
+
+Conventions (the ``F.affine_grid`` / STN ones):
+
+- A *matrix* is ``(B, 3, 3)`` and maps **output** normalised coordinates ``(x_t, y_t, 1)`` in
+  ``[-1, 1]`` to **input** normalised coordinates ``(x_s, y_s)`` (eq. 1), ``x`` along the width.
+  ``align_corners=False`` (the default) puts ``±1`` on the outer pixel *edges*; ``True`` puts them
+  on the outer pixel *centres*.
+- A *pixel matrix* is the forward map from **input** pixel coordinates to **output** pixel
+  coordinates, pixel centres on integers, as OpenCV's ``warpAffine``, scikit-image's
+  ``SimilarityTransform.estimate(src, dst)`` and kornia's ``warp_perspective`` use it.
+  :func:`to_pixel_matrix` and :func:`from_pixel_matrix` convert between the two.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from faceaux._checks import check_same_batch, check_tensor
+
+__all__ = [
+    "ARCFACE_TEMPLATE_112",
+    "COORD_BOUND",
+    "MATRIX_BOUND",
+    "TRANSFORM_PARAMETERS",
+    "Z_EPS",
+    "from_pixel_matrix",
+    "params_from_matrix",
+    "similarity_from_landmarks",
+    "to_pixel_matrix",
+    "transform_matrix",
+    "warp",
+]
+
+#: Number of parameters of each transform kind (§3.1: projective 8, affine 6, similarity 4).
+TRANSFORM_PARAMETERS: dict[str, int] = {
+    "identity": 0,
+    "translation": 2,
+    "similarity": 4,
+    "affine": 6,
+    "projective": 8,
+}
+
+#: The projective denominator ``z = θ31·x + θ32·y + 1`` is kept at least this far from 0.
+Z_EPS = 1e-6
+#: Matrix entries are clamped to ``[-MATRIX_BOUND, MATRIX_BOUND]`` before the grid is built.
+MATRIX_BOUND = 1e6
+#: Sampling coordinates are clamped to ``[-COORD_BOUND, COORD_BOUND]`` (normalised units).
+COORD_BOUND = 1e4
+
+#: The ArcFace 112×112 five-point template in pixel coordinates (x, y), pixel centres on integers:
+#: left eye, right eye, nose tip, left and right mouth corners (left = image left). ``(5, 2)``.
+ARCFACE_TEMPLATE_112 = torch.tensor(
+    [
+        [38.2946, 51.6963],
+        [73.5318, 51.5014],
+        [56.0252, 71.7366],
+        [41.5493, 92.3655],
+        [70.7299, 92.2041],
+    ],
+    dtype=torch.float32,
+)
+
+_MODES = ("bilinear", "nearest", "bicubic")
+_PADDING_MODES = ("zeros", "border", "reflection")
+
+
+def _check_kind(kind: str) -> int:
+    if kind not in TRANSFORM_PARAMETERS:
+        raise ValueError(f"kind: expected one of {sorted(TRANSFORM_PARAMETERS)}, received {kind!r}")
+    return TRANSFORM_PARAMETERS[kind]
+
+
+def _check_size(size: object, name: str) -> tuple[int, int]:
+    if (
+        not isinstance(size, (tuple, list))
+        or len(size) != 2
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
+    ):
+        raise ValueError(f"{name}: expected two positive ints (h, w), received {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def transform_matrix(params: torch.Tensor, kind: str) -> torch.Tensor:
+    """Build the ``(B, 3, 3)`` transform matrix of a kind from the paper's parameters.
+
+    Tang et al. 2020, §3.3: projective eq. (1) (θ33 = 1), similarity eq. (6); affine and
+    translation are the STN's (Jaderberg et al. 2015) usual forms. The matrix maps output
+    normalised coordinates to input normalised coordinates.
+
+    Parameters per kind, in order:
+
+    - ``"identity"`` (0): none.
+    - ``"translation"`` (2): ``t1, t2``.
+    - ``"similarity"`` (4): scale ``λ`` (the scale itself, not its log), angle ``α`` in radians,
+      ``t1, t2``: ``[[λcosα, −λsinα, t1], [λsinα, λcosα, t2], [0, 0, 1]]``.
+    - ``"affine"`` (6): ``θ11, θ12, θ13, θ21, θ22, θ23`` (row-major).
+    - ``"projective"`` (8): ``θ11 … θ32`` (row-major), ``θ33 = 1``.
+
+    Args:
+        params: the parameters, ``(B, P)`` with ``P`` as above.
+        kind: one of the kinds above.
+
+    Returns:
+        The matrices, ``(B, 3, 3)``, in ``params``' dtype and device.
+
+    Shape:
+        - params: ``(B, P)``
+        - output: ``(B, 3, 3)``
+
+    Example:
+        >>> import math
+        >>> m = transform_matrix(torch.tensor([[2.0, math.pi / 2, 0.1, -0.2]]), "similarity")
+        >>> m.round(decimals=4) + 0.0  # (+ 0.0 turns cos(π/2)'s rounding into a plain 0)
+        tensor([[[ 0.0000, -2.0000,  0.1000],
+                 [ 2.0000,  0.0000, -0.2000],
+                 [ 0.0000,  0.0000,  1.0000]]])
+    """
+    count = _check_kind(kind)
+    check_tensor(params, "params", "(B, P)", sizes=(None, count), floating=True)
+    batch = params.shape[0]
+    zero = params.new_zeros(batch)
+    one = params.new_ones(batch)
+    if kind == "identity":
+        entries = [one, zero, zero, zero, one, zero]
+    elif kind == "translation":
+        t1, t2 = params.unbind(-1)
+        entries = [one, zero, t1, zero, one, t2]
+    elif kind == "similarity":
+        scale, angle, t1, t2 = params.unbind(-1)
+        cos, sin = scale * torch.cos(angle), scale * torch.sin(angle)
+        entries = [cos, -sin, t1, sin, cos, t2]
+    elif kind == "affine":
+        entries = list(params.unbind(-1))
+    else:
+        return torch.cat([params, one[:, None]], dim=-1).reshape(batch, 3, 3)
+    return torch.stack([*entries, zero, zero, one], dim=-1).reshape(batch, 3, 3)
+
+
+def params_from_matrix(matrix: torch.Tensor, kind: str) -> torch.Tensor:
+    """Recover a kind's parameters from ``(B, 3, 3)`` matrices; the inverse of ``transform_matrix``.
+
+    A matrix that is not exactly of the kind is projected onto it: ``"projective"`` divides by
+    ``θ33`` first; ``"affine"`` keeps the top two rows; ``"similarity"`` takes the nearest
+    similarity in the least-squares sense (``λcosα = (θ11 + θ22) / 2``,
+    ``λsinα = (θ21 − θ12) / 2``); ``"translation"`` keeps ``θ13, θ23``.
+
+    Args:
+        matrix: the matrices, ``(B, 3, 3)``.
+        kind: one of ``TRANSFORM_PARAMETERS``.
+
+    Returns:
+        ``(B, P)`` parameters (``P = TRANSFORM_PARAMETERS[kind]``).
+
+    Shape:
+        - matrix: ``(B, 3, 3)``
+        - output: ``(B, P)``
+
+    Example:
+        >>> p = torch.tensor([[0.8, 0.3, 0.1, -0.1]])
+        >>> torch.allclose(params_from_matrix(transform_matrix(p, "similarity"), "similarity"), p)
+        True
+    """
+    _check_kind(kind)
+    check_tensor(matrix, "matrix", "(B, 3, 3)", sizes=(None, 3, 3), floating=True)
+    batch = matrix.shape[0]
+    if kind == "identity":
+        return matrix.new_zeros(batch, 0)
+    if kind == "translation":
+        return matrix[:, :2, 2]
+    if kind == "affine":
+        return matrix[:, :2].reshape(batch, 6)
+    if kind == "projective":
+        return (matrix / matrix[:, 2:, 2:]).reshape(batch, 9)[:, :8]
+    a = (matrix[:, 0, 0] + matrix[:, 1, 1]) / 2
+    b = (matrix[:, 1, 0] - matrix[:, 0, 1]) / 2
+    return torch.stack([torch.hypot(a, b), torch.atan2(b, a), matrix[:, 0, 2], matrix[:, 1, 2]], -1)
+
+
+def _base_grid(
+    height: int, width: int, align_corners: bool, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """Output normalised coordinates exactly as ``F.affine_grid`` makes them, ``(h, w, 3)``."""
+
+    def axis(steps: int) -> torch.Tensor:
+        if steps <= 1:
+            return torch.zeros(1, device=device, dtype=dtype)
+        values = torch.linspace(-1.0, 1.0, steps, device=device, dtype=dtype)
+        return values if align_corners else values * ((steps - 1) / steps)
+
+    ys, xs = torch.meshgrid(axis(height), axis(width), indexing="ij")
+    return torch.stack([xs, ys, torch.ones_like(xs)], dim=-1)
+
+
+def warp(
+    x: torch.Tensor,
+    matrix: torch.Tensor,
+    output_size: tuple[int, int] | None = None,
+    mode: str = "bilinear",
+    padding_mode: str = "zeros",
+    align_corners: bool = False,
+) -> torch.Tensor:
+    """Sample ``x`` on the grid that ``matrix`` maps the output pixels to (the STN sampler).
+
+    Tang et al. 2020, §3.3, eqs. (1)–(2): each output pixel's normalised coordinates
+    ``(x_t, y_t, 1)`` are mapped by the matrix to ``(x_s·z, y_s·z, z)`` and divided by
+    ``z = θ31·x_t + θ32·y_t + θ33``; the input is then sampled there with ``F.grid_sample``
+    (bilinear is eq. 2's kernel). For affine matrices ``z = 1`` exactly and the grid equals
+    ``F.affine_grid``'s bit for bit, so an identity matrix gives the plain ``F.interpolate`` resize.
+
+    Degenerate inputs give finite outputs and gradients, never an error (no data-dependent
+    checks, so ``warp`` stays cheap, compilable and exportable):
+
+    - **projective z → 0** (the horizon line): ``z`` is clamped away from zero keeping its sign,
+      ``|z| ≥ Z_EPS = 1e-6``; inside that band the gradient with respect to ``z`` is zero.
+    - **huge entries**: matrix entries are clamped to ``±MATRIX_BOUND = 1e6`` and sampling
+      coordinates to ``±COORD_BOUND = 1e4`` (a no-op for ``"zeros"``/``"border"`` padding, where
+      anything beyond ``±3`` samples only padding). A huge scale thus samples padding / edges.
+    - **NaN or ±inf in a matrix**: that sample's matrix is replaced by one that maps every pixel
+      outside the input, so its output is the padding (zeros for ``padding_mode="zeros"``, the
+      edge value for ``"border"``) and its matrix gets a zero gradient.
+
+    The grid is built in ``float32`` or wider (``float64`` when ``x`` or ``matrix`` is), then cast
+    to ``x``'s dtype for sampling.
+
+    Args:
+        x: the input images, ``(B, C, H, W)``.
+        matrix: output-normalised → input-normalised maps, ``(B, 3, 3)``.
+        output_size: ``(h, w)`` of the output; ``None`` keeps ``(H, W)``.
+        mode: ``"bilinear"``, ``"nearest"`` or ``"bicubic"`` (``F.grid_sample``).
+        padding_mode: ``"zeros"``, ``"border"`` or ``"reflection"`` (``F.grid_sample``).
+        align_corners: the ``F.affine_grid`` / ``F.grid_sample`` convention for ``±1``.
+
+    Returns:
+        The warped images, ``(B, C, h, w)``, in ``x``'s dtype.
+
+    Shape:
+        - x: ``(B, C, H, W)``
+        - matrix: ``(B, 3, 3)``
+        - output: ``(B, C, h, w)``
+
+    Example:
+        >>> x = torch.arange(16.0).reshape(1, 1, 4, 4)
+        >>> flip = torch.tensor([[[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+        >>> warp(x, flip)[0, 0, 0]
+        tensor([3., 2., 1., 0.])
+        >>> warp(x, torch.eye(3)[None], output_size=(2, 2)).shape
+        torch.Size([1, 1, 2, 2])
+    """
+    check_tensor(x, "x", "(B, C, H, W)", floating=True)
+    check_tensor(matrix, "matrix", "(B, 3, 3)", sizes=(None, 3, 3), floating=True)
+    check_same_batch(x, "x", matrix, "matrix")
+    height, width = x.shape[-2:] if output_size is None else _check_size(output_size, "output_size")
+    if mode not in _MODES:
+        raise ValueError(f"mode: expected one of {_MODES}, received {mode!r}")
+    if padding_mode not in _PADDING_MODES:
+        raise ValueError(
+            f"padding_mode: expected one of {_PADDING_MODES}, received {padding_mode!r}"
+        )
+
+    dtype = torch.promote_types(torch.promote_types(x.dtype, matrix.dtype), torch.float32)
+    matrix = matrix.to(dtype)
+    # A sample whose matrix is not finite maps every pixel beyond the input (pure padding).
+    outside = matrix.new_tensor(
+        [[0.0, 0.0, 2 * COORD_BOUND], [0.0, 0.0, 2 * COORD_BOUND], [0.0, 0.0, 1.0]]
+    )
+    finite = torch.isfinite(matrix).flatten(1).all(dim=1)[:, None, None]
+    matrix = torch.where(finite, matrix, outside).clamp(-MATRIX_BOUND, MATRIX_BOUND)
+
+    base = _base_grid(height, width, align_corners, x.device, dtype)  # (h, w, 3)
+    mapped = torch.einsum("bij,hwj->bhwi", matrix, base)  # (B, h, w, 3)
+    z = mapped[..., 2:]
+    z = torch.where(z >= 0, z.clamp(min=Z_EPS), z.clamp(max=-Z_EPS))
+    grid = (mapped[..., :2] / z).clamp(-COORD_BOUND, COORD_BOUND)
+    return F.grid_sample(
+        x, grid.to(x.dtype), mode=mode, padding_mode=padding_mode, align_corners=align_corners
+    )
+
+
+def _normalization(
+    size: tuple[int, int], align_corners: bool, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``(3, 3)`` pixel → normalised coordinate map of an image size, and its inverse."""
+
+    def scale_offset(steps: int) -> tuple[float, float]:
+        if align_corners:
+            return (1.0, 0.0) if steps == 1 else (2.0 / (steps - 1), -1.0)
+        return 2.0 / steps, 1.0 / steps - 1.0
+
+    (sy, oy), (sx, ox) = scale_offset(size[0]), scale_offset(size[1])
+    forward = torch.tensor([[sx, 0.0, ox], [0.0, sy, oy], [0.0, 0.0, 1.0]], dtype=dtype)
+    inverse = torch.tensor(
+        [[1 / sx, 0.0, -ox / sx], [0.0, 1 / sy, -oy / sy], [0.0, 0.0, 1.0]], dtype=dtype
+    )
+    return forward.to(device), inverse.to(device)
+
+
+def _inverse(matrix: torch.Tensor, name: str) -> torch.Tensor:
+    inverse, info = torch.linalg.inv_ex(matrix)
+    if bool((info != 0).any()):
+        bad = torch.nonzero(info).flatten().tolist()
+        raise ValueError(f"{name}: expected invertible (B, 3, 3) matrices, singular at {bad}")
+    return inverse
+
+
+def to_pixel_matrix(
+    matrix: torch.Tensor,
+    in_size: tuple[int, int],
+    out_size: tuple[int, int],
+    align_corners: bool = False,
+) -> torch.Tensor:
+    """Convert normalised output→input matrices to forward input→output **pixel** matrices.
+
+    The result is what ``kornia.geometry.transform.warp_perspective(x, P, out_size,
+    align_corners=align_corners)`` and OpenCV's ``warpPerspective`` take, so that they warp
+    like ``warp(x, matrix, out_size, align_corners=align_corners)``: with ``N_in``, ``N_out``
+    the pixel → normalised maps of the two sizes, ``P = (N_in⁻¹ · matrix · N_out)⁻¹``.
+    Pixel centres sit on integers; ``align_corners=False`` maps pixel ``u`` of a size-``W`` axis to
+    ``(2u + 1) / W − 1``, ``True`` maps it to ``2u / (W − 1) − 1``.
+
+    Args:
+        matrix: normalised output → input maps, ``(B, 3, 3)``; must be invertible.
+        in_size: ``(H, W)`` of the input image.
+        out_size: ``(h, w)`` of the output image.
+        align_corners: the convention ``warp`` is called with.
+
+    Returns:
+        Input-pixel → output-pixel matrices, ``(B, 3, 3)``.
+
+    Raises:
+        ValueError: for a bad shape or size, or a singular matrix.
+
+    Shape:
+        - matrix: ``(B, 3, 3)``
+        - output: ``(B, 3, 3)``
+
+    Example:
+        >>> half = torch.tensor([[[0.5, 0.0, 0.0], [0.0, 0.5, 0.0], [0.0, 0.0, 1.0]]])
+        >>> to_pixel_matrix(half, in_size=(8, 8), out_size=(8, 8))
+        tensor([[[ 2.0000,  0.0000, -3.5000],
+                 [ 0.0000,  2.0000, -3.5000],
+                 [ 0.0000,  0.0000,  1.0000]]])
+    """
+    check_tensor(matrix, "matrix", "(B, 3, 3)", sizes=(None, 3, 3), floating=True)
+    in_size, out_size = _check_size(in_size, "in_size"), _check_size(out_size, "out_size")
+    _, in_denorm = _normalization(in_size, align_corners, matrix.dtype, matrix.device)
+    out_norm, _ = _normalization(out_size, align_corners, matrix.dtype, matrix.device)
+    backward = in_denorm @ matrix @ out_norm  # output pixel -> input pixel
+    return _inverse(backward, "matrix")
+
+
+def from_pixel_matrix(
+    pixel_matrix: torch.Tensor,
+    in_size: tuple[int, int],
+    out_size: tuple[int, int],
+    align_corners: bool = False,
+) -> torch.Tensor:
+    """Convert forward input→output **pixel** matrices to normalised output→input matrices.
+
+    The inverse of :func:`to_pixel_matrix`: ``matrix = N_in · P⁻¹ · N_out⁻¹``. Use it to start
+    from a classical alignment, e.g. the OpenCV / scikit-image matrix that maps detected
+    landmarks onto a template (see :func:`similarity_from_landmarks`).
+
+    Args:
+        pixel_matrix: input-pixel → output-pixel maps, ``(B, 3, 3)``; must be invertible.
+        in_size: ``(H, W)`` of the input image.
+        out_size: ``(h, w)`` of the output image.
+        align_corners: the convention ``warp`` will be called with.
+
+    Returns:
+        Normalised output → input matrices for :func:`warp`, ``(B, 3, 3)``.
+
+    Raises:
+        ValueError: for a bad shape or size, or a singular matrix.
+
+    Shape:
+        - pixel_matrix: ``(B, 3, 3)``
+        - output: ``(B, 3, 3)``
+
+    Example:
+        >>> shift = torch.tensor([[[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+        >>> x = torch.arange(4.0).reshape(1, 1, 1, 4)
+        >>> warp(x, from_pixel_matrix(shift, (1, 4), (1, 4)))  # content moves one pixel right
+        tensor([[[[0., 0., 1., 2.]]]])
+    """
+    check_tensor(pixel_matrix, "pixel_matrix", "(B, 3, 3)", sizes=(None, 3, 3), floating=True)
+    in_size, out_size = _check_size(in_size, "in_size"), _check_size(out_size, "out_size")
+    in_norm, _ = _normalization(in_size, align_corners, pixel_matrix.dtype, pixel_matrix.device)
+    _, out_denorm = _normalization(out_size, align_corners, pixel_matrix.dtype, pixel_matrix.device)
+    return in_norm @ _inverse(pixel_matrix, "pixel_matrix") @ out_denorm
+
+
+def similarity_from_landmarks(src: torch.Tensor, dst: torch.Tensor | None = None) -> torch.Tensor:
+    """Least-squares similarity (Umeyama) mapping landmarks ``src`` onto ``dst``, batched.
+
+    The "traditional 2D alignment" that Tang et al. 2020 (§1, §3.3) learn to replace: the
+    non-reflective similarity ``T`` minimising ``Σ_n ‖dst_n − T(src_n)‖²`` (Umeyama 1991). In 2-D
+    the rotation-and-scale block is ``[[a, −b], [b, a]]`` and the least-squares solution has the
+    closed form ``a = Σ(x·u + y·v) / Σ(x² + y²)``, ``b = Σ(x·v − y·u) / Σ(x² + y²)`` on centred
+    coordinates (``(x, y)`` from ``src``, ``(u, v)`` from ``dst``), which equals Umeyama's SVD
+    solution with its reflection correction; it has no SVD, so its gradient is smooth
+    everywhere. Coincident ``src`` points (zero spread) give ``a = b = 0`` (a singular matrix)
+    rather than NaN.
+
+    The result is a forward **pixel** matrix (``src`` pixel → ``dst`` pixel, as OpenCV's
+    ``estimateAffinePartial2D`` or scikit-image's ``SimilarityTransform``); pass it through
+    :func:`from_pixel_matrix` to use it with :func:`warp`.
+
+    Args:
+        src: detected landmarks in input pixel coordinates, ``(B, N, 2)``, ``N ≥ 2``, as (x, y).
+        dst: the template, ``(N, 2)`` or ``(B, N, 2)``; default ``ARCFACE_TEMPLATE_112``
+            (five points on a 112×112 crop).
+
+    Returns:
+        ``(B, 3, 3)`` similarity matrices, computed in ``float32`` or wider, returned in the
+        promoted dtype of ``src`` and ``dst``.
+
+    Shape:
+        - src: ``(B, N, 2)``
+        - dst: ``(N, 2)`` or ``(B, N, 2)``
+        - output: ``(B, 3, 3)``
+
+    Example:
+        >>> landmarks = ARCFACE_TEMPLATE_112[None] * 2 + 10  # the template, twice as big, moved
+        >>> similarity_from_landmarks(landmarks).round(decimals=4)
+        tensor([[[ 0.5000, -0.0000, -5.0000],
+                 [ 0.0000,  0.5000, -5.0000],
+                 [ 0.0000,  0.0000,  1.0000]]])
+    """
+    check_tensor(src, "src", "(B, N, 2)", sizes=(None, None, 2), floating=True)
+    if dst is None:
+        dst = ARCFACE_TEMPLATE_112
+    if isinstance(dst, torch.Tensor) and dst.ndim == 3:
+        check_tensor(dst, "dst", "(B, N, 2)", sizes=(src.shape[0], src.shape[1], 2), floating=True)
+    else:
+        check_tensor(dst, "dst", "(N, 2)", sizes=(src.shape[1], 2), floating=True)
+    if src.shape[1] < 2:
+        raise ValueError(
+            f"src: expected at least 2 landmarks (B, N, 2), received {tuple(src.shape)}"
+        )
+    dtype = torch.promote_types(torch.promote_types(src.dtype, dst.dtype), torch.float32)
+    src = src.to(dtype)
+    dst = dst.to(device=src.device, dtype=dtype).expand_as(src)
+
+    src_mean, dst_mean = src.mean(dim=1), dst.mean(dim=1)  # (B, 2)
+    s = src - src_mean[:, None]
+    d = dst - dst_mean[:, None]
+    spread = (s * s).sum(dim=(1, 2)).clamp(min=torch.finfo(dtype).tiny)
+    a = (s * d).sum(dim=(1, 2)) / spread
+    b = (s[..., 0] * d[..., 1] - s[..., 1] * d[..., 0]).sum(dim=1) / spread
+    tx = dst_mean[:, 0] - (a * src_mean[:, 0] - b * src_mean[:, 1])
+    ty = dst_mean[:, 1] - (b * src_mean[:, 0] + a * src_mean[:, 1])
+    zero, one = torch.zeros_like(a), torch.ones_like(a)
+    return torch.stack([a, -b, tx, b, a, ty, zero, zero, one], dim=-1).reshape(-1, 3, 3)
