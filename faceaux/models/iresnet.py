@@ -37,17 +37,17 @@ __all__ = [
     "IBasicBlock",
     "IResNet",
     "iresnet18",
+    "iresnet18_gnap",
     "iresnet34",
     "iresnet50",
     "iresnet100",
-    "iresnet18_gnap",
     "iresnet_nano",
     "lresnet18e",
 ]
 
 
 class IBasicBlock(nn.Module):
-    """ArcFace's improved residual unit: BN → conv3×3 → BN → PReLU → conv3×3 (stride) → BN, + shortcut.
+    """ArcFace's improved residual unit: BN → conv → BN → PReLU → conv (stride) → BN, + shortcut.
 
     ArcFace §3.2 (Fig. 7, "IR" unit). No activation after the addition. The shortcut is a 1×1
     stride-``stride`` conv + BN when the stride or the width changes, else the identity.
@@ -139,8 +139,7 @@ class IResNet(nn.Module):
         super().__init__()
         if len(layers) != 4 or len(widths) != 4:
             raise ValueError(
-                f"layers, widths: expected 4 stages each, received {tuple(layers)}, "
-                f"{tuple(widths)}"
+                f"layers, widths: expected 4 stages each, received {tuple(layers)}, {tuple(widths)}"
             )
         if pooling not in ("fc", "gnap"):
             raise ValueError(f"pooling: expected 'fc' or 'gnap', received {pooling!r}")
@@ -161,7 +160,9 @@ class IResNet(nn.Module):
         if pooling == "fc":
             self.bn2 = nn.BatchNorm2d(previous, eps=1e-5)
             self.dropout = nn.Dropout(p=dropout)
-            self.fc = nn.Linear(previous * self.feature_size[0] * self.feature_size[1], embedding_size)
+            self.fc = nn.Linear(
+                previous * self.feature_size[0] * self.feature_size[1], embedding_size
+            )
             self.features = nn.BatchNorm1d(embedding_size, eps=1e-5)
         else:
             from faceaux.layers.gnap import GNAP
@@ -223,7 +224,7 @@ def _iresnet(layers: Sequence[int], **kwargs) -> IResNet:
 
 @register_model
 def iresnet18(**kwargs) -> IResNet:
-    """IResNet-18 (2, 2, 2, 2); 24,025,600 parameters at embedding 512. kwargs → :class:`IResNet`."""
+    """IResNet-18 (2, 2, 2, 2); 24,025,600 parameters at D = 512. kwargs → :class:`IResNet`."""
     return _iresnet((2, 2, 2, 2), **kwargs)
 
 
@@ -249,7 +250,8 @@ def iresnet100(**kwargs) -> IResNet:
 def iresnet_nano(**kwargs) -> IResNet:
     """A tiny IResNet for tests and demos: (1, 1, 1, 1) blocks, widths (16, 32, 64, 128), D = 128.
 
-    Same code path and key layout as the full models; 1,111,792 parameters at D = 128 (most of them in the FC).
+    Same code path and key layout as the full models; 1,111,792 parameters at D = 128 (most
+    of them in the FC).
     """
     kwargs.setdefault("widths", (16, 32, 64, 128))
     kwargs.setdefault("embedding_size", 128)

@@ -162,9 +162,7 @@ class MobileFaceNet(nn.Module):
         self.conv_sep = ConvBN(channels, 512, 1)
         self.feature_size = tuple(math.ceil(s / 16) for s in self.input_size)
         if pooling == "gdc":
-            self.gdc = ConvBN(
-                512, 512, self.feature_size, groups=512, padding=0, activation=False
-            )
+            self.gdc = ConvBN(512, 512, self.feature_size, groups=512, padding=0, activation=False)
             self.linear = nn.Linear(512, embedding_size, bias=False)
             self.features = nn.BatchNorm1d(embedding_size)
         else:

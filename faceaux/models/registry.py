@@ -90,8 +90,9 @@ def load_checkpoint(
     ``DistributedDataParallel``) is stripped.
 
     Raises:
-        ValueError: the file does not hold a mapping of names to tensors, or (``strict=True``)
-            keys are missing / unexpected; the message lists them.
+        ValueError: the file does not hold a mapping of names to tensors, a tensor's shape
+            differs from the model's, or (``strict=True``) keys are missing / unexpected; the
+            message lists them.
     """
     state = torch.load(os.fspath(checkpoint_path), map_location="cpu", weights_only=True)
     if not isinstance(state, Mapping):
@@ -101,15 +102,25 @@ def load_checkpoint(
         )
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
-    result = model.load_state_dict(state, strict=False)
-    if strict and (result.missing_keys or result.unexpected_keys):
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if mismatched or (strict and (missing or unexpected)):
+
+        def first(items: list[str]) -> str:
+            return f"{items[:10]}{' …' if len(items) > 10 else ''}"
+
         raise ValueError(
             f"checkpoint_path: {os.fspath(checkpoint_path)!r} does not match the model: "
-            f"missing keys {result.missing_keys[:10]}"
-            f"{' …' if len(result.missing_keys) > 10 else ''}, "
-            f"unexpected keys {result.unexpected_keys[:10]}"
-            f"{' …' if len(result.unexpected_keys) > 10 else ''}"
+            f"missing keys {first(missing)}, unexpected keys {first(unexpected)}, "
+            f"shape mismatches {first(mismatched)}"
         )
+    model.load_state_dict(state, strict=strict)
     return model
 
 
