@@ -1,0 +1,414 @@
+"""Margin heads that read the embedding's norm: SphereFace (A-Softmax) and AdaFace.
+
+Unlike :mod:`faceaux.heads.margin`, these keep the feature norm ``‖x‖`` in play: SphereFace
+scales every logit by it, AdaFace sets each sample's margin from it (a proxy for image
+quality). Both come as a logits-in function taking ``(cosine, labels, norms)`` — the form
+:class:`~faceaux.heads.partial_fc.PartialFC` passes norms to — and a module owning the centres.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from faceaux._checks import check_same_batch, check_tensor
+from faceaux.heads.margin import _LOW_PRECISION, check_labels, check_sizes, normalized_cosine
+
+
+def _check_norms(norms: object, cosine: torch.Tensor) -> None:
+    check_tensor(norms, "norms", "(B,)", floating=True)
+    check_same_batch(cosine, "cosine", norms, "norms")
+
+
+def _check_margin_int(m: object) -> None:
+    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+        raise ValueError(f"m: expected a positive int angular multiplier, received {m!r}")
+
+
+def _chebyshev(cosine: torch.Tensor, m: int) -> torch.Tensor:
+    """``cos(m·θ)`` as the Chebyshev polynomial ``T_m(cos θ)`` (no acos, smooth at ±1)."""
+    previous, current = torch.ones_like(cosine), cosine
+    for _ in range(m - 1):  # loop over the polynomial degree, not over data
+        previous, current = current, 2 * cosine * current - previous
+    return current
+
+
+def sphereface_psi(cosine: torch.Tensor, m: int = 4) -> torch.Tensor:
+    """A-Softmax's monotonic target function ``ψ(θ) = (−1)^k·cos(mθ) − 2k``.
+
+    Liu et al., "SphereFace: Deep Hypersphere Embedding Learning for Face Recognition",
+    CVPR 2017, §3.3, Eq. 7: ``θ ∈ [kπ/m, (k+1)π/m]``, ``k ∈ {0, …, m−1}``. ``cos(mθ)`` is the
+    Chebyshev polynomial of ``cos θ``; ``k`` is piecewise constant (no gradient). ψ decreases
+    from 1 at θ = 0 to ``1 − 2m`` at θ = π and is continuous.
+
+    Args:
+        cosine: ``cos θ``; clamped into [−1, 1].
+        m: the integer angular multiplier (4 in the paper).
+
+    Shape:
+        - cosine: any shape; output: the same
+
+    Example:
+        >>> import torch
+        >>> sphereface_psi(torch.tensor([1.0, 0.0, -1.0]), m=4).tolist()
+        [1.0, -3.0, -7.0]
+    """
+    _check_margin_int(m)
+    cosine = cosine.clamp(-1.0, 1.0)
+    with torch.no_grad():
+        k = torch.floor(torch.acos(cosine) * (m / math.pi)).clamp_(0, m - 1)
+        sign = 1.0 - 2.0 * torch.remainder(k, 2)  # (−1)^k
+    return sign * _chebyshev(cosine, m) - 2.0 * k
+
+
+def sphereface_logits(
+    cosine: torch.Tensor,
+    labels: torch.Tensor,
+    norms: torch.Tensor,
+    m: int = 4,
+    lambda_: float = 0.0,
+    ignore_index: int = -1,
+) -> torch.Tensor:
+    """A-Softmax logits: ``‖x‖·ψ(θ_y)`` for the target, ``‖x‖·cos θ_j`` for the others.
+
+    SphereFace (Liu et al., CVPR 2017) §3.3, Eq. 7 with normalised weights and zero biases.
+    With ``lambda_ > 0`` the target is the annealed ``‖x‖·(λ·cos θ_y + ψ(θ_y)) / (1 + λ)`` of
+    the authors' code (§4.1 / the released prototxt); ``lambda_ = 0`` is exactly
+    ``‖x‖·ψ(θ_y)``. The target is computed in float32 for half-precision input.
+
+    Args:
+        cosine: cosines between normalised embeddings and normalised centres.
+        labels: target classes; ``ignore_index`` rows get no margin.
+        norms: ``‖x‖`` per row (keep its gradient: A-Softmax trains the norm too).
+        m: integer angular multiplier.
+        lambda_: annealing weight λ ≥ 0.
+        ignore_index: label value meaning "no target in these columns".
+
+    Shape:
+        - cosine: ``(B, C)``; labels: ``(B,)``; norms: ``(B,)``
+        - output: ``(B, C)``
+
+    Example:
+        >>> import torch
+        >>> cosine = torch.tensor([[1.0, 0.0]])
+        >>> sphereface_logits(cosine, torch.tensor([1]), torch.tensor([2.0]), m=4).tolist()
+        [[2.0, -6.0]]
+    """
+    check_tensor(cosine, "cosine", "(B, C)", floating=True)
+    check_labels(labels, cosine, "cosine")
+    _check_norms(norms, cosine)
+    _check_margin_int(m)
+    if not (lambda_ >= 0 and math.isfinite(lambda_)):
+        raise ValueError(f"lambda_: expected a finite value ≥ 0, received {lambda_}")
+    has_target = labels != ignore_index
+    index = torch.where(has_target, labels, 0).long().unsqueeze(1)
+    target = cosine.gather(1, index).squeeze(1)
+    with torch.autocast(device_type=cosine.device.type, enabled=False):
+        exact = target.float() if target.dtype in _LOW_PRECISION else target
+        psi = sphereface_psi(exact, m)
+        if lambda_ > 0:
+            psi = (lambda_ * exact + psi) / (1.0 + lambda_)
+        new_target = torch.where(has_target, psi, exact)
+        scale = norms.to(exact.dtype)
+        new_target = (scale * new_target).to(cosine.dtype)
+    logits = cosine * norms.to(cosine.dtype).unsqueeze(1)
+    return logits.scatter(1, index, new_target.unsqueeze(1))
+
+
+class SphereFace(nn.Module):
+    """SphereFace head (A-Softmax): target logit ``‖x‖·ψ(θ_y)``, others ``‖x‖·cos θ_j``.
+
+    Liu et al., "SphereFace: Deep Hypersphere Embedding Learning for Face Recognition",
+    CVPR 2017, §3.3 Eq. 7 (ψ) and §4.1 (λ-annealing). The margin ``m`` makes the target
+    angle ``m`` times larger; it is hard to train from scratch, so the authors blend in the
+    plain softmax target: ``‖x‖·(λ·cos θ + ψ(θ)) / (1 + λ)``, with λ decaying per training
+    step ``i`` (counted in the ``iteration`` buffer, advanced by each training-mode forward
+    with labels) as in the released code:
+
+        ``λ_i = max(lambda_min, lambda_base · (1 + lambda_gamma · i) ^ (−lambda_power))``
+
+    (defaults 1000, 0.12, 1, 5: λ falls from 1000 to its floor of 5 after ~1,650 steps).
+    ``anneal=False`` uses λ = 0, i.e. exactly ``‖x‖·ψ(θ)``; ``lambda_min=0`` lets λ decay to 0.
+
+    Args:
+        embedding_size: D.
+        num_classes: C.
+        m: integer angular multiplier (4 in the paper).
+        anneal: use the λ schedule (True) or none (False).
+        lambda_base, lambda_gamma, lambda_power, lambda_min: the schedule above.
+        ignore_index: label value meaning "no margin for this row".
+
+    Shape:
+        - embeddings: ``(B, D)``, un-normalised (their norm scales the logits)
+        - labels: ``(B,)`` or ``None`` (then ``‖x‖·cos θ_j`` for every class)
+        - output: ``(B, C)``
+
+    Example:
+        >>> import torch
+        >>> head = SphereFace(8, 4, m=4, anneal=False)
+        >>> x, y = torch.randn(3, 8), torch.tensor([0, 1, 3])
+        >>> cosine = head(x) / x.norm(dim=1, keepdim=True)
+        >>> expected = x.norm(dim=1) * sphereface_psi(cosine[[0, 1, 2], y], 4)
+        >>> torch.allclose(head(x, y)[[0, 1, 2], y], expected)
+        True
+    """
+
+    def __init__(
+        self,
+        embedding_size: int,
+        num_classes: int,
+        m: int = 4,
+        *,
+        anneal: bool = True,
+        lambda_base: float = 1000.0,
+        lambda_gamma: float = 0.12,
+        lambda_power: float = 1.0,
+        lambda_min: float = 5.0,
+        ignore_index: int = -1,
+    ) -> None:
+        super().__init__()
+        check_sizes(embedding_size, num_classes)
+        _check_margin_int(m)
+        for name, value in (
+            ("lambda_base", lambda_base),
+            ("lambda_gamma", lambda_gamma),
+            ("lambda_power", lambda_power),
+            ("lambda_min", lambda_min),
+        ):
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name}: expected a finite value ≥ 0, received {value}")
+        self.embedding_size, self.num_classes, self.m = embedding_size, num_classes, m
+        self.anneal = anneal
+        self.lambda_base, self.lambda_gamma = lambda_base, lambda_gamma
+        self.lambda_power, self.lambda_min = lambda_power, lambda_min
+        self.ignore_index = ignore_index
+        self.weight = nn.Parameter(torch.empty(num_classes, embedding_size))
+        nn.init.normal_(self.weight, std=0.01)
+        self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
+
+    def current_lambda(self) -> float:
+        """λ for the next training step (0 when ``anneal`` is off)."""
+        if not self.anneal:
+            return 0.0
+        step = int(self.iteration)
+        decayed = self.lambda_base * (1.0 + self.lambda_gamma * step) ** (-self.lambda_power)
+        return max(self.lambda_min, decayed)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        check_tensor(
+            embeddings, "embeddings", "(B, D)", sizes=(None, self.embedding_size), floating=True
+        )
+        cosine = normalized_cosine(embeddings, self.weight)
+        norms = torch.linalg.vector_norm(embeddings, dim=1)
+        if labels is None:
+            return cosine * norms.to(cosine.dtype).unsqueeze(1)
+        lambda_ = self.current_lambda() if self.training else 0.0
+        if self.training:
+            self.iteration += 1
+        return sphereface_logits(cosine, labels, norms, self.m, lambda_, self.ignore_index)
+
+    def extra_repr(self) -> str:
+        return (
+            f"embedding_size={self.embedding_size}, num_classes={self.num_classes}, m={self.m}, "
+            f"anneal={self.anneal}"
+        )
+
+
+def adaface_logits(
+    cosine: torch.Tensor,
+    labels: torch.Tensor,
+    norms: torch.Tensor,
+    batch_mean: float | torch.Tensor,
+    batch_std: float | torch.Tensor,
+    m: float = 0.4,
+    h: float = 0.333,
+    s: float = 64.0,
+    eps: float = 1e-3,
+    ignore_index: int = -1,
+) -> torch.Tensor:
+    """AdaFace logits: a margin that moves from angular to additive with the feature norm.
+
+    Kim et al., "AdaFace: Quality Adaptive Margin for Face Recognition", CVPR 2022, §3.3,
+    Eq. 7–9. The norm, standardised by the running statistics and clipped,
+    ``ẑ = clip(h·(‖x‖ − μ)/(σ + eps), −1, 1)``, sets ``g_angle = −m·ẑ`` and
+    ``g_add = m·ẑ + m``; the target logit is ``s·(cos(clip(θ_y + g_angle, eps, π − eps)) −
+    g_add)``, the others ``s·cos θ_j``. High-norm (good quality) samples get an additive
+    CosFace-like margin up to 2m, low-norm ones an ArcFace-like angular one. Cosines are clamped
+    into ``[−1 + eps, 1 − eps]`` and norms into [0.001, 100] and detached, as in the authors'
+    code; the target is computed in float32 for half-precision input.
+
+    Args:
+        cosine: cosines between normalised embeddings and normalised centres.
+        labels: target classes; ``ignore_index`` rows get no margin.
+        norms: ``‖x‖`` per row (its gradient is not used).
+        batch_mean, batch_std: μ and σ, the running mean and std of the norms.
+        m: margin (0.4 in the paper).
+        h: concentration of ẑ (0.333 in the paper).
+        s: scale.
+        eps: clamp margin for cosines and angles, and σ's offset.
+        ignore_index: label value meaning "no target in these columns".
+
+    Shape:
+        - cosine: ``(B, C)``; labels: ``(B,)``; norms: ``(B,)``
+        - output: ``(B, C)``
+
+    Example:
+        >>> import math, torch
+        >>> cosine = torch.tensor([[0.5, 0.2]], dtype=torch.float64)
+        >>> out = adaface_logits(cosine, torch.tensor([0]), torch.tensor([20.0]), 20.0, 100.0)
+        >>> round(out[0, 0].item(), 6) == round(64 * (math.cos(math.acos(0.5)) - 0.4), 6)
+        True
+    """
+    check_tensor(cosine, "cosine", "(B, C)", floating=True)
+    check_labels(labels, cosine, "cosine")
+    _check_norms(norms, cosine)
+    if not (s > 0 and math.isfinite(s)):
+        raise ValueError(f"s: expected a finite scale > 0, received {s}")
+    has_target = labels != ignore_index
+    index = torch.where(has_target, labels, 0).long().unsqueeze(1)
+    cosine = cosine.clamp(-1 + eps, 1 - eps)
+    target = cosine.gather(1, index).squeeze(1)
+    with torch.autocast(device_type=cosine.device.type, enabled=False):
+        exact = target.float() if target.dtype in _LOW_PRECISION else target
+        safe_norms = norms.detach().to(exact.dtype).clamp(0.001, 100.0)
+        z = ((safe_norms - batch_mean) / (batch_std + eps) * h).clamp(-1.0, 1.0)
+        g_angle, g_add = -m * z, m * z + m
+        theta = torch.acos(exact)
+        new_target = torch.cos((theta + g_angle).clamp(eps, math.pi - eps)) - g_add
+        new_target = torch.where(has_target, new_target, exact)
+        new_target = (s * new_target).to(cosine.dtype)
+    logits = cosine * s
+    return logits.scatter_(1, index, new_target.unsqueeze(1))
+
+
+class AdaFaceMargin(nn.Module):
+    """AdaFace's margin as a logits-in module holding the running norm statistics.
+
+    Call it as ``margin(cosine, labels, norms)``; in training mode it first updates the running
+    mean and std of the (detached, clipped) norms with momentum ``t_alpha`` (Kim et al.,
+    CVPR 2022, §3.3 Eq. 6: ``μ ← α·μ_batch + (1 − α)·μ``, same for σ, with the authors'
+    starting values μ = 20, σ = 100), then applies :func:`adaface_logits`. In eval mode the
+    statistics are frozen, like BatchNorm's (the authors' code always updates them). A batch of
+    one norm leaves σ unchanged (its standard deviation is undefined).
+
+    Pass it as ``PartialFC(margin_fn=AdaFaceMargin())``: PartialFC sees its ``norms``
+    argument and passes the gathered embeddings' norms; every rank gathers the same norms, so
+    the statistics stay identical across ranks.
+
+    Args:
+        m: margin. h: concentration. s: scale. t_alpha: momentum of the running statistics.
+        eps: clamp / offset, as in :func:`adaface_logits`. ignore_index: "no target" label.
+
+    Shape:
+        - cosine: ``(B, C)``; labels: ``(B,)``; norms: ``(B,)``
+        - output: ``(B, C)``
+
+    Example:
+        >>> import torch
+        >>> margin = AdaFaceMargin()
+        >>> out = margin(torch.rand(4, 6), torch.tensor([0, 1, 2, -1]), torch.full((4,), 30.0))
+        >>> out.shape, round(margin.batch_mean.item(), 2)
+        (torch.Size([4, 6]), 20.1)
+    """
+
+    def __init__(
+        self,
+        m: float = 0.4,
+        h: float = 0.333,
+        s: float = 64.0,
+        t_alpha: float = 0.01,
+        eps: float = 1e-3,
+        ignore_index: int = -1,
+    ) -> None:
+        super().__init__()
+        if not 0.0 < t_alpha <= 1.0:
+            raise ValueError(f"t_alpha: expected a momentum in (0, 1], received {t_alpha}")
+        if not (s > 0 and math.isfinite(s)):
+            raise ValueError(f"s: expected a finite scale > 0, received {s}")
+        self.m, self.h, self.s, self.t_alpha, self.eps = m, h, s, t_alpha, eps
+        self.ignore_index = ignore_index
+        self.register_buffer("batch_mean", torch.tensor(20.0))
+        self.register_buffer("batch_std", torch.tensor(100.0))
+
+    def forward(
+        self, cosine: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor
+    ) -> torch.Tensor:
+        _check_norms(norms, cosine)
+        if self.training:
+            with torch.no_grad():
+                safe = norms.detach().to(self.batch_mean.dtype).clamp(0.001, 100.0)
+                self.batch_mean.lerp_(safe.mean(), self.t_alpha)
+                if safe.numel() > 1:
+                    self.batch_std.lerp_(safe.std(), self.t_alpha)
+        return adaface_logits(
+            cosine,
+            labels,
+            norms,
+            self.batch_mean,
+            self.batch_std,
+            m=self.m,
+            h=self.h,
+            s=self.s,
+            eps=self.eps,
+            ignore_index=self.ignore_index,
+        )
+
+    def extra_repr(self) -> str:
+        return f"m={self.m}, h={self.h}, s={self.s}, t_alpha={self.t_alpha}"
+
+
+class AdaFace(nn.Module):
+    """AdaFace head: quality-adaptive margin read from the un-normalised embeddings' norms.
+
+    Kim et al., "AdaFace: Quality Adaptive Margin for Face Recognition", CVPR 2022, §3.3.
+    Owns the centres ``weight (num_classes, embedding_size)`` and an :class:`AdaFaceMargin`
+    (``margin``) with the running norm statistics as buffers. Give it the backbone's raw
+    embeddings: it reads their norms, then normalises them.
+
+    Args:
+        embedding_size: D.
+        num_classes: C.
+        m, h, s, t_alpha: see :class:`AdaFaceMargin` (paper: 0.4, 0.333, 64, 0.01).
+
+    Shape:
+        - embeddings: ``(B, D)``, un-normalised
+        - labels: ``(B,)`` or ``None`` (then ``s·cos θ_j``)
+        - output: ``(B, C)``
+
+    Example:
+        >>> import torch
+        >>> head = AdaFace(16, 10)
+        >>> head(torch.randn(4, 16), torch.tensor([0, 1, 2, 3])).shape
+        torch.Size([4, 10])
+    """
+
+    def __init__(
+        self,
+        embedding_size: int,
+        num_classes: int,
+        m: float = 0.4,
+        h: float = 0.333,
+        s: float = 64.0,
+        t_alpha: float = 0.01,
+    ) -> None:
+        super().__init__()
+        check_sizes(embedding_size, num_classes)
+        self.embedding_size, self.num_classes = embedding_size, num_classes
+        self.weight = nn.Parameter(torch.empty(num_classes, embedding_size))
+        nn.init.normal_(self.weight, std=0.01)
+        self.margin = AdaFaceMargin(m=m, h=h, s=s, t_alpha=t_alpha)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        check_tensor(
+            embeddings, "embeddings", "(B, D)", sizes=(None, self.embedding_size), floating=True
+        )
+        cosine = normalized_cosine(embeddings, self.weight)
+        if labels is None:
+            return cosine * self.margin.s
+        norms = torch.linalg.vector_norm(embeddings, dim=1)
+        return self.margin(cosine, labels, norms)
+
+    def extra_repr(self) -> str:
+        return f"embedding_size={self.embedding_size}, num_classes={self.num_classes}"

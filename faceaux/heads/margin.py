@@ -1,0 +1,454 @@
+"""Angular-margin softmax heads: ArcFace, CosFace, their combination, sub-centre ArcFace.
+
+All of them replace the target logit of a cosine classifier by a harder one and leave the others
+at ``s·cos θ_j`` (Deng et al., "ArcFace: Additive Angular Margin Loss for Deep Face Recognition",
+CVPR 2019, §2.1–2.2, Eq. 3–4):
+
+    target logit   s·(cos(m1·θ_y + m2) − m3)        (SphereFace m1, ArcFace m2, CosFace m3)
+    other logits   s·cos θ_j
+
+``margin_logits`` is the functional core; it takes cosines ``(B, C)`` so it works on any cosine
+matrix (a shard of classes inside :class:`~faceaux.heads.partial_fc.PartialFC` included). The
+modules own the class centres ``(num_classes, embedding_size)``, normalise them and the
+embeddings in forward, and return logits for ``F.cross_entropy``. The feature-norm-aware heads
+(SphereFace, AdaFace) live in :mod:`faceaux.heads.adaptive`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from faceaux._checks import check_same_batch, check_tensor
+
+MarginGrad = Literal["exact", "straight_through"]
+MARGIN_GRADS: tuple[str, ...] = ("exact", "straight_through")
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def check_labels(labels: object, batch_of: torch.Tensor, batch_name: str) -> None:
+    """``labels`` must be an integer tensor ``(B,)`` with the batch size of ``batch_of``."""
+    check_tensor(labels, "labels", "(B,)")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"labels: expected an integer tensor, received dtype {labels.dtype}")
+    check_same_batch(batch_of, batch_name, labels, "labels")
+
+
+def check_margins(s: float, m1: float, m2: float, m3: float) -> None:
+    """Range checks shared by the functional core and the modules."""
+    if not (s > 0 and math.isfinite(s)):
+        raise ValueError(f"s: expected a finite scale > 0, received {s}")
+    if not (m1 > 0 and math.isfinite(m1)):
+        raise ValueError(f"m1: expected a finite multiplicative margin > 0, received {m1}")
+    if not 0 <= m2 < math.pi:
+        raise ValueError(f"m2: expected an additive angular margin in [0, π), received {m2}")
+    if not math.isfinite(m3):
+        raise ValueError(f"m3: expected a finite additive cosine margin, received {m3}")
+
+
+def _fallback_constant(m1: float, m2: float) -> tuple[float, float]:
+    """Where the angular margin stops being monotonic, and the constant of the linear fallback.
+
+    ``cos(m1·θ + m2)`` decreases in θ only while ``m1·θ + m2 ≤ π``, i.e. up to
+    ``θ* = (π − m2) / m1``. Beyond it the target becomes ``cos θ − m3 − mm``. For ArcFace
+    (m1 = 1) InsightFace and pytorch-metric-learning use ``mm = m2·sin(m2)``; we keep that
+    constant and raise it to ``1 + cos θ*`` when that is larger, which is exactly what keeps the
+    target non-increasing across θ* for every (m1, m2) (the jump at θ* is then ≤ 0).
+    """
+    theta_star = (math.pi - m2) / m1
+    if theta_star >= math.pi:  # the margin never leaves [0, π]: no fallback needed
+        return math.pi, 0.0
+    return theta_star, max(m2 * math.sin(m2), 1.0 + math.cos(theta_star))
+
+
+def _target_with_margin(
+    target: torch.Tensor, m1: float, m2: float, m3: float, easy_margin: bool
+) -> torch.Tensor:
+    """``cos(m1·θ + m2) − m3`` for target cosines ``(B,)`` (float32/float64), with fallbacks."""
+    if m1 == 1.0 and m2 == 0.0:  # CosFace / plain softmax: no angle needed, exact and smooth
+        margin = target - m3
+    else:
+        eps = 4 * torch.finfo(target.dtype).eps  # acos' derivative stays finite at ±1
+        theta = torch.acos(target.clamp(-1 + eps, 1 - eps))
+        margin = torch.cos(m1 * theta + m2) - m3
+        if not easy_margin:
+            theta_star, mm = _fallback_constant(m1, m2)
+            if theta_star < math.pi:
+                margin = torch.where(theta <= theta_star, margin, target - m3 - mm)
+    if easy_margin:
+        margin = torch.where(target > 0, margin, target)
+    return margin
+
+
+def margin_logits(
+    cosine: torch.Tensor,
+    labels: torch.Tensor,
+    s: float = 64.0,
+    m1: float = 1.0,
+    m2: float = 0.5,
+    m3: float = 0.0,
+    easy_margin: bool = False,
+    margin_grad: MarginGrad = "exact",
+    interclass_filtering_threshold: float = 0.0,
+    ignore_index: int = -1,
+) -> torch.Tensor:
+    """Scaled logits with the combined angular margin on each row's target class.
+
+    ArcFace (Deng et al., CVPR 2019) §2.2 "Comparison with SphereFace and CosFace", the combined
+    margin of Eq. 4: the target logit becomes ``s·(cos(m1·θ_y + m2) − m3)`` with
+    ``θ_y = arccos(cosine[i, y_i])``, every other logit ``s·cos θ_j``.
+    ArcFace is ``(m1, m2, m3) = (1, 0.5, 0)``, CosFace ``(1, 0, 0.35)``, SphereFace-style
+    multiplicative margins use ``m1 > 1``; any combination works.
+
+    Numerics: the target column is computed in float32 (or float64 for float64 input), with
+    autocast disabled, then cast back to the cosine's dtype. The cosine is clamped into
+    ``[−1 + ε, 1 − ε]`` before ``acos`` (ε = 4 × the dtype's machine epsilon), so values and
+    gradients are finite for cosines of exactly ±1. Once ``m1·θ + m2 > π`` the margin would make
+    the target *easier*; there the target becomes ``cos θ − m3 − mm`` with ArcFace's constant
+    ``mm = m2·sin m2`` (InsightFace's ``th``/``mm``, pytorch-metric-learning's fallback), raised
+    to ``1 + cos((π − m2)/m1)`` when needed to keep the target non-increasing in θ for m1 ≠ 1.
+    With ``easy_margin`` the margin applies only where ``cos θ > 0`` (the original ArcFace code's
+    option) and there is no fallback. When ``m1 = 1`` and ``m2 = 0`` (CosFace) no angle is
+    computed at all: the target is ``s·(cos θ − m3)`` exactly.
+
+    Gradients (``margin_grad``):
+        ``"exact"`` — the true derivative through the margin (and through the clamp, so a cosine
+        of exactly ±1 gets zero gradient on its target entry). Derivative of the target
+        ``s·m1·sin(m1·θ + m2)/sin θ``, which grows like ``1/θ`` for well-fitted samples.
+        ``"straight_through"`` — the margin is added as a constant (computed under no_grad), so
+        every entry passes gradient ``s`` to its cosine and ``dL/dcosine = s·(p − y)`` for the
+        softmax cross-entropy: InsightFace's ``arcface_torch`` and opensphere's choice, more
+        stable with ViT backbones and in fp16.
+
+    Args:
+        cosine: cosines between embeddings and class centres, usually in [−1, 1].
+        labels: target class per row; rows equal to ``ignore_index`` get no margin (PartialFC
+            marks rows whose class lives on another shard with −1).
+        s: logit scale (> 0).
+        m1: multiplicative angular margin (> 0; 1 = none).
+        m2: additive angular margin in radians, in [0, π) (0 = none).
+        m3: additive cosine margin (0 = none).
+        easy_margin: apply the margin only to targets with ``cos θ > 0``.
+        margin_grad: ``"exact"`` or ``"straight_through"`` (see above).
+        interclass_filtering_threshold: when > 0, non-target cosines above it are set to 0
+            (with zero gradient) before the margin: InsightFace's filter for samples whose
+            identity is duplicated under another label in noisy web data. Rows with the ignore
+            label have no target, so all their cosines above it are filtered.
+        ignore_index: the label value that means "no target in these columns".
+
+    Returns:
+        The logits, same dtype as ``cosine``; feed them to ``F.cross_entropy``.
+
+    Shape:
+        - cosine: ``(B, C)``
+        - labels: ``(B,)``, integer, values in ``[0, C)`` or ``ignore_index``
+        - output: ``(B, C)``
+
+    Example:
+        >>> import math, torch
+        >>> cosine = torch.tensor([[0.5, 0.1], [0.2, 0.9]], dtype=torch.float64)
+        >>> logits = margin_logits(cosine, torch.tensor([0, -1]), s=10.0, m2=0.5)
+        >>> round(logits[0, 0].item(), 4) == round(10 * math.cos(math.acos(0.5) + 0.5), 4)
+        True
+        >>> logits[1].tolist()  # ignored row: plain scaled cosines
+        [2.0, 9.0]
+    """
+    check_tensor(cosine, "cosine", "(B, C)", floating=True)
+    check_labels(labels, cosine, "cosine")
+    check_margins(s, m1, m2, m3)
+    if margin_grad not in MARGIN_GRADS:
+        raise ValueError(f"margin_grad: expected one of {MARGIN_GRADS}, received {margin_grad!r}")
+    if not 0.0 <= interclass_filtering_threshold <= 1.0:
+        raise ValueError(
+            "interclass_filtering_threshold: expected a value in [0, 1], received "
+            f"{interclass_filtering_threshold}"
+        )
+
+    has_target = labels != ignore_index
+    index = torch.where(has_target, labels, 0).long().unsqueeze(1)  # (B, 1)
+    if interclass_filtering_threshold > 0:
+        is_target = torch.zeros_like(cosine, dtype=torch.bool).scatter_(
+            1, index, has_target.unsqueeze(1)
+        )
+        dirty = (cosine > interclass_filtering_threshold) & ~is_target
+        cosine = cosine.masked_fill(dirty, 0.0)
+
+    target = cosine.gather(1, index).squeeze(1)  # (B,)
+    with torch.autocast(device_type=cosine.device.type, enabled=False):
+        exact = target.float() if target.dtype in _LOW_PRECISION else target
+        if margin_grad == "exact":
+            new_target = _target_with_margin(exact, m1, m2, m3, easy_margin)
+        else:
+            with torch.no_grad():
+                shift = _target_with_margin(exact, m1, m2, m3, easy_margin) - exact
+            new_target = exact + shift
+        new_target = torch.where(has_target, new_target, exact)
+        new_target = (s * new_target).to(cosine.dtype)
+
+    logits = cosine * s
+    return logits.scatter_(1, index, new_target.unsqueeze(1))
+
+
+def check_sizes(embedding_size: int, num_classes: int) -> None:
+    """``embedding_size`` and ``num_classes`` must be positive integers."""
+    for name, value in (("embedding_size", embedding_size), ("num_classes", num_classes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected a positive int, received {value!r}")
+
+
+def normalized_cosine(embeddings: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Cosines ``(B, C)`` between embeddings ``(B, D)`` and class centres ``(C, D)``."""
+    return F.linear(F.normalize(embeddings, dim=1), F.normalize(weight, dim=1))
+
+
+class CombinedMargin(nn.Module):
+    """Cosine classifier with the combined margin ``s·(cos(m1·θ + m2) − m3)`` on the target.
+
+    ArcFace (Deng et al., CVPR 2019) Eq. 4; the defaults ``(1.0, 0.3, 0.2)`` are InsightFace's
+    combined-margin setting. Owns the class centres ``weight (num_classes, embedding_size)``;
+    embeddings and centres are L2-normalised in forward, the math is :func:`margin_logits`.
+
+    Args:
+        embedding_size: D, the embedding dimension.
+        num_classes: C, the number of identities.
+        s, m1, m2, m3, easy_margin: see :func:`margin_logits`.
+        margin_grad, interclass_filtering_threshold, ignore_index: see :func:`margin_logits`.
+
+    Shape:
+        - embeddings: ``(B, D)``, not necessarily normalised
+        - labels: ``(B,)`` integer, or ``None`` at inference
+        - output: ``(B, C)`` logits; with ``labels=None`` the scaled cosines ``s·cos θ``
+
+    Example:
+        >>> import torch, torch.nn.functional as F
+        >>> head = CombinedMargin(8, 5, m1=1.0, m2=0.3, m3=0.2)
+        >>> logits = head(torch.randn(4, 8), torch.tensor([0, 1, 2, 4]))
+        >>> loss = F.cross_entropy(logits, torch.tensor([0, 1, 2, 4]))
+        >>> logits.shape, head(torch.randn(4, 8)).abs().max().item() <= 64.0
+        (torch.Size([4, 5]), True)
+    """
+
+    def __init__(
+        self,
+        embedding_size: int,
+        num_classes: int,
+        s: float = 64.0,
+        m1: float = 1.0,
+        m2: float = 0.3,
+        m3: float = 0.2,
+        easy_margin: bool = False,
+        *,
+        margin_grad: MarginGrad = "exact",
+        interclass_filtering_threshold: float = 0.0,
+        ignore_index: int = -1,
+    ) -> None:
+        super().__init__()
+        check_sizes(embedding_size, num_classes)
+        check_margins(s, m1, m2, m3)
+        if margin_grad not in MARGIN_GRADS:
+            raise ValueError(
+                f"margin_grad: expected one of {MARGIN_GRADS}, received {margin_grad!r}"
+            )
+        self.embedding_size, self.num_classes = embedding_size, num_classes
+        self.s, self.m1, self.m2, self.m3 = float(s), float(m1), float(m2), float(m3)
+        self.easy_margin = easy_margin
+        self.margin_grad = margin_grad
+        self.interclass_filtering_threshold = interclass_filtering_threshold
+        self.ignore_index = ignore_index
+        self.weight = nn.Parameter(torch.empty(num_classes, embedding_size))
+        nn.init.normal_(self.weight, std=0.01)
+
+    def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Cosines ``(B, C)`` between the embeddings ``(B, D)`` and every class centre."""
+        check_tensor(
+            embeddings, "embeddings", "(B, D)", sizes=(None, self.embedding_size), floating=True
+        )
+        return normalized_cosine(embeddings, self.weight)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        cosine = self.cosine(embeddings)
+        if labels is None:
+            return cosine * self.s
+        return margin_logits(
+            cosine,
+            labels,
+            s=self.s,
+            m1=self.m1,
+            m2=self.m2,
+            m3=self.m3,
+            easy_margin=self.easy_margin,
+            margin_grad=self.margin_grad,
+            interclass_filtering_threshold=self.interclass_filtering_threshold,
+            ignore_index=self.ignore_index,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"embedding_size={self.embedding_size}, num_classes={self.num_classes}, s={self.s}, "
+            f"m1={self.m1}, m2={self.m2}, m3={self.m3}, margin_grad={self.margin_grad!r}"
+        )
+
+
+class ArcFace(CombinedMargin):
+    """ArcFace head: additive angular margin, target logit ``s·cos(θ_y + m)``.
+
+    Deng et al., "ArcFace: Additive Angular Margin Loss for Deep Face Recognition", CVPR 2019,
+    §2.1, Eq. 3. Past ``θ > π − m`` the target falls back to ``s·(cos θ − m·sin m)`` (the paper's
+    code; see :func:`margin_logits`), unless ``easy_margin``.
+
+    Args:
+        embedding_size: D.
+        num_classes: C.
+        s: scale (64 in the paper).
+        m: additive angular margin in radians (0.5 in the paper).
+        easy_margin: apply the margin only where ``cos θ > 0``.
+        **kwargs: ``margin_grad``, ``interclass_filtering_threshold``, ``ignore_index``.
+
+    Shape:
+        - embeddings: ``(B, D)``; labels: ``(B,)`` or ``None``
+        - output: ``(B, C)``
+
+    Example:
+        >>> import torch
+        >>> head = ArcFace(16, 10)
+        >>> head(torch.randn(3, 16), torch.tensor([1, 2, 3])).shape
+        torch.Size([3, 10])
+    """
+
+    def __init__(
+        self,
+        embedding_size: int,
+        num_classes: int,
+        s: float = 64.0,
+        m: float = 0.5,
+        easy_margin: bool = False,
+        **kwargs,
+    ) -> None:
+        super().__init__(embedding_size, num_classes, s, 1.0, m, 0.0, easy_margin, **kwargs)
+
+
+class CosFace(CombinedMargin):
+    """CosFace head (large margin cosine loss): target logit ``s·(cos θ_y − m)``.
+
+    Wang et al., "CosFace: Large Margin Cosine Loss for Deep Face Recognition", CVPR 2018,
+    §3.2, Eq. 4. No angle is computed, so the target is exact and smooth everywhere.
+
+    Args:
+        embedding_size: D.
+        num_classes: C.
+        s: scale (64 here, as InsightFace; the paper uses 64 too).
+        m: additive cosine margin (0.35 in the paper).
+        **kwargs: ``margin_grad``, ``interclass_filtering_threshold``, ``ignore_index``.
+
+    Shape:
+        - embeddings: ``(B, D)``; labels: ``(B,)`` or ``None``
+        - output: ``(B, C)``
+
+    Example:
+        >>> import torch
+        >>> head = CosFace(16, 10, s=30.0, m=0.4)
+        >>> x, y = torch.randn(2, 16), torch.tensor([3, 7])
+        >>> gap = head(x) - head(x, y)  # only the targets moved, by s·m
+        >>> torch.allclose(gap[[0, 1], [3, 7]], torch.tensor(12.0)), gap.count_nonzero().item()
+        (True, 2)
+    """
+
+    def __init__(
+        self, embedding_size: int, num_classes: int, s: float = 64.0, m: float = 0.35, **kwargs
+    ) -> None:
+        super().__init__(embedding_size, num_classes, s, 1.0, 0.0, m, **kwargs)
+
+
+class NormSoftmax(CombinedMargin):
+    """Normalised softmax (no margin): logits ``s·cos θ_j`` for every class, for ablations.
+
+    NormFace (Wang et al., ACM MM 2017), the "L2-normalised features and weights" baseline that
+    ArcFace §2.1 starts from before adding the margin. Labels are accepted and checked but do
+    not change the logits.
+
+    Args:
+        embedding_size: D.
+        num_classes: C.
+        s: scale.
+
+    Shape:
+        - embeddings: ``(B, D)``; labels: ``(B,)`` or ``None``
+        - output: ``(B, C)``
+
+    Example:
+        >>> import torch
+        >>> head = NormSoftmax(16, 10, s=10.0)
+        >>> x = torch.randn(2, 16)
+        >>> torch.equal(head(x), head(x, torch.tensor([0, 1])))
+        True
+    """
+
+    def __init__(self, embedding_size: int, num_classes: int, s: float = 64.0) -> None:
+        super().__init__(embedding_size, num_classes, s, 1.0, 0.0, 0.0)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        cosine = self.cosine(embeddings)
+        if labels is not None:
+            check_labels(labels, embeddings, "embeddings")
+        return cosine * self.s
+
+
+class SubCenterArcFace(CombinedMargin):
+    """Sub-center ArcFace: ``k`` centres per class, the class cosine is the closest one's.
+
+    Deng et al., "Sub-center ArcFace: Boosting Face Recognition by Large-Scale Noisy Web Faces",
+    ECCV 2020, §3.1, Eq. 2: ``cos θ_j = max_k cos(x, W_jk)``, then the ArcFace margin. Noisy
+    samples of a class gather around a non-dominant sub-centre instead of pulling the dominant
+    one. (The paper's later step of dropping non-dominant sub-centres and cleaning the data is
+    offline data work and is not part of this head.)
+
+    Args:
+        embedding_size: D.
+        num_classes: C.
+        k: sub-centres per class (3 in the paper).
+        s, m, easy_margin: as :class:`ArcFace`.
+        **kwargs: ``margin_grad``, ``interclass_filtering_threshold``, ``ignore_index``.
+
+    Shape:
+        - weight: ``(C, k, D)``
+        - embeddings: ``(B, D)``; labels: ``(B,)`` or ``None``
+        - output: ``(B, C)``
+
+    Example:
+        >>> import torch
+        >>> head = SubCenterArcFace(16, 10, k=3)
+        >>> head.weight.shape, head(torch.randn(2, 16), torch.tensor([0, 9])).shape
+        (torch.Size([10, 3, 16]), torch.Size([2, 10]))
+    """
+
+    def __init__(
+        self,
+        embedding_size: int,
+        num_classes: int,
+        k: int = 3,
+        s: float = 64.0,
+        m: float = 0.5,
+        easy_margin: bool = False,
+        **kwargs,
+    ) -> None:
+        super().__init__(embedding_size, num_classes, s, 1.0, m, 0.0, easy_margin, **kwargs)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k: expected a positive int number of sub-centres, received {k!r}")
+        self.k = k
+        self.weight = nn.Parameter(torch.empty(num_classes, k, embedding_size))
+        nn.init.normal_(self.weight, std=0.01)
+
+    def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Cosines ``(B, C)``: for each class, the largest over its ``k`` sub-centres."""
+        check_tensor(
+            embeddings, "embeddings", "(B, D)", sizes=(None, self.embedding_size), floating=True
+        )
+        flat = normalized_cosine(embeddings, self.weight.flatten(0, 1))  # (B, C·k)
+        return flat.unflatten(1, (self.num_classes, self.k)).amax(dim=2)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, k={self.k}"
