@@ -196,10 +196,11 @@ class PartialFC(nn.Module):
     summed, not averaged). Centre gradients are never scaled. Without torch.distributed, W = 1.
 
     **margin_fn.** A callable ``(cosine (N, C_local), labels (N,)) → logits (N, C_local)``,
-    where ``labels`` is −1 for rows whose class is on another shard. ``None`` means ArcFace, ``functools.partial(margin_logits, s=64.0, m1=1.0,
-    m2=0.5, m3=0.0)``. If it accepts a ``norms`` argument (e.g. :class:`AdaFaceMargin`,
-    ``partial(sphereface_logits, m=4)``) it also gets the gathered embeddings' L2 norms
-    ``(N,)``. An ``nn.Module`` margin is registered as a sub-module, so its buffers are saved.
+    where ``labels`` is −1 for rows whose class is on another shard. ``None`` means ArcFace,
+    ``functools.partial(margin_logits, s=64.0, m1=1.0, m2=0.5, m3=0.0)``. If it accepts a
+    ``norms`` argument (e.g. :class:`AdaFaceMargin`, ``partial(sphereface_logits, m=4)``) it
+    also gets the gathered embeddings' L2 norms ``(N,)``. An ``nn.Module`` margin is registered
+    as a sub-module, so its buffers are saved.
 
     **State dict format.** ``weight`` — this rank's centres ``(C_local, D)``; ``_extra_state`` —
     ``{"format": "faceaux.PartialFC/1", "num_classes", "embedding_size", "rank", "world_size",
