@@ -101,7 +101,7 @@ def heatmaps_to_landmarks(
 
     ``"soft"``: the differentiable soft-argmax Σ_p softmax(β·H)_p · p over the pixel centres p.
     Larger β follows the peak more closely; with peak-1 maps, β = 20 gives a zero background a
-    weight of e^-20 per pixel, so it does not pull the estimate to the centre.
+    weight of e^-20 per pixel, so on a 64×64 map it moves the estimate by less than 1e-3 pixel.
 
     The confidence is each map's maximum value (FAN's heatmap peak) in both methods.
 
