@@ -224,7 +224,9 @@ def _landmarks(p: dict[str, torch.Tensor], q: dict[str, torch.Tensor]) -> torch.
     base_y = col(bottom) + col(p["nose_tip"]) * (1 - s.abs()) * 0.5
     base = torch.stack([base_x, base_y], -1)
     # Eyes 36-41 and 42-47: corners, two upper, two lower points on an ellipse.
-    ang = torch.tensor([math.pi, 4 * math.pi / 3, 5 * math.pi / 3, 0.0, math.pi / 3, 2 * math.pi / 3])
+    ang = torch.tensor(
+        [math.pi, 4 * math.pi / 3, 5 * math.pi / 3, 0.0, math.pi / 3, 2 * math.pi / 3]
+    )
     ew = col(p["eye_w"])
     eh = col(p["eye_w"] * p["eye_ratio"] * q["eye_open"])
     ex = ew * torch.cos(ang)
@@ -348,7 +350,9 @@ def _render(
     )
     fold = (v(p["double_chin"]) - 0.6).clamp(min=0) * 2.5
     chin_fold = (
-        fold * torch.exp(-(((y - cy - fb * 0.93) / 0.015) ** 2)) * torch.exp(-((x / (0.5 * fa)) ** 4))
+        fold
+        * torch.exp(-(((y - cy - fb * 0.93) / 0.015) ** 2))
+        * torch.exp(-((x / (0.5 * fa)) ** 4))
     )
     shade = (ambient + (1.1 - ambient) * diffuse) * (1 + 0.25 * cheek - 0.45 * chin_fold)
     stubble = v(p["male"]) * 0.12 * ((y - cy - 0.3 * fb) / 0.1).clamp(0, 1)
@@ -453,7 +457,9 @@ def _render(
 
     # Background in image space, then the face over it (premultiplied alpha).
     bg = c(q["background"]) * (
-        1 + 0.3 * (c(q["bg_grad"][:, :1].expand(-1, 3)) * gx + c(q["bg_grad"][:, 1:].expand(-1, 3)) * gy)
+        1
+        + 0.3
+        * (c(q["bg_grad"][:, :1].expand(-1, 3)) * gx + c(q["bg_grad"][:, 1:].expand(-1, 3)) * gy)
     )
     image = rgba[:, :3] + bg.clamp(0, 1) * (1 - rgba[:, 3:])
     image = image * q["gain"].view(n, 3, 1, 1)
