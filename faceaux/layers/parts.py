@@ -130,8 +130,8 @@ def part_mask_pooling(
     num_classes = masks.shape[1]
     if parts is not None and max(parts) >= num_classes:
         raise ValueError(
-            f"parts: index {max(parts)} out of range for masks of shape {tuple(masks.shape)} "
-            f"(P = {num_classes} channels, valid indices 0..{num_classes - 1})"
+            f"parts: expected channel indices in 0..{num_classes - 1} (P = {num_classes} in masks "
+            f"of shape {tuple(masks.shape)}), received index {max(parts)}"
         )
 
     work = masks.float() if masks.dtype in _LOW_PRECISION else masks
