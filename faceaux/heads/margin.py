@@ -200,9 +200,58 @@ def check_sizes(embedding_size: int, num_classes: int) -> None:
             raise ValueError(f"{name}: expected a positive int, received {value!r}")
 
 
+_NORM_EPS = 1e-12  # as F.normalize
+
+
+class _CosineToCentres(torch.autograd.Function):
+    """``cos_bc = x̂_b · W_c / ‖W_c‖`` without materialising the normalised centres ``(C, D)``.
+
+    With C ≫ B, normalising the centres and back-propagating through that normalisation is
+    several element-wise passes over ``(C, D)`` and costs more than the matrix products. Here
+    the norm is applied to the ``(B, C)`` product instead, and the backward is written out:
+    ``dL/dW_c = (Σ_b g_bc·x̂_b − r_c·Ŵ_c) / ‖W_c‖`` with ``r_c = Σ_b g_bc·cos_bc`` — one
+    product and one in-place multiply-add of ``W``. Centres of norm below 1e-12 are divided by
+    1e-12 (F.normalize's clamp) and get no gradient through their norm.
+    """
+
+    @staticmethod
+    def forward(ctx, unit_embeddings, weight):
+        accumulate = torch.float32 if weight.dtype in _LOW_PRECISION else weight.dtype
+        norms = torch.linalg.vector_norm(weight, dim=1, dtype=accumulate)
+        inverse = norms.clamp_min(_NORM_EPS).reciprocal()
+        cosine = (unit_embeddings @ weight.t()) * inverse.to(weight.dtype)
+        ctx.save_for_backward(unit_embeddings, weight, inverse, cosine, norms > _NORM_EPS)
+        return cosine
+
+    @staticmethod
+    def backward(ctx, grad):
+        unit_embeddings, weight, inverse, cosine, unclamped = ctx.saved_tensors
+        scaled = grad * inverse.to(grad.dtype)  # (B, C): gradient of x̂·W_c
+        grad_embeddings = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_embeddings = scaled @ weight
+        if ctx.needs_input_grad[1]:
+            along = (grad.to(inverse.dtype) * cosine.to(inverse.dtype)).sum(dim=0)  # r_c
+            coefficient = torch.where(unclamped, -along * inverse * inverse, 0.0)
+            grad_weight = scaled.t() @ unit_embeddings
+            grad_weight.addcmul_(weight, coefficient.to(weight.dtype).unsqueeze(1))
+        return grad_embeddings, grad_weight
+
+
 def normalized_cosine(embeddings: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Cosines ``(B, C)`` between embeddings ``(B, D)`` and class centres ``(C, D)``."""
-    return F.linear(F.normalize(embeddings, dim=1), F.normalize(weight, dim=1))
+    """Cosines ``(B, C)`` between embeddings ``(B, D)`` and class centres ``(C, D)``.
+
+    Equal to ``F.linear(F.normalize(embeddings), F.normalize(weight))`` in value and gradient,
+    and faster for many classes (see ``_CosineToCentres``). Under autocast the product runs in
+    the autocast dtype, as ``F.linear`` would, with the centre norms in float32.
+    """
+    device_type = embeddings.device.type
+    unit = F.normalize(embeddings, dim=1)
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        unit, weight = unit.to(dtype), weight.to(dtype)
+    with torch.autocast(device_type=device_type, enabled=False):
+        return _CosineToCentres.apply(unit, weight)
 
 
 class CombinedMargin(nn.Module):

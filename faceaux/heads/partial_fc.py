@@ -25,11 +25,16 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from faceaux._checks import check_tensor
-from faceaux.heads.margin import _LOW_PRECISION, check_labels, check_sizes, margin_logits
+from faceaux.heads.margin import (
+    _LOW_PRECISION,
+    check_labels,
+    check_sizes,
+    margin_logits,
+    normalized_cosine,
+)
 
 STATE_FORMAT = "faceaux.PartialFC/1"
 
@@ -314,7 +319,7 @@ class PartialFC(nn.Module):
             weight = weight.index_select(0, index)
         else:
             index = torch.arange(self.num_local, device=weight.device)
-        cosine = F.linear(F.normalize(embeddings, dim=1), F.normalize(weight, dim=1))
+        cosine = normalized_cosine(embeddings, weight)
         if self._margin_takes_norms:
             norms = torch.linalg.vector_norm(embeddings, dim=1)
             logits = self.margin_fn(cosine, local_labels, norms=norms)
@@ -473,7 +478,7 @@ class PartialFC(nn.Module):
             embeddings, "embeddings", "(B, D)", sizes=(None, self.embedding_size), floating=True
         )
         weight = self.weight if not self.distributed else self.full_weight()
-        return F.linear(F.normalize(embeddings, dim=1), F.normalize(weight, dim=1))
+        return normalized_cosine(embeddings, weight)
 
     def extra_repr(self) -> str:
         return (
