@@ -1,4 +1,4 @@
-"""InsightFace verification sets (``lfw.bin``, ``cfp_fp.bin``, ``agedb_30.bin``) without unsafe pickles.
+"""InsightFace verification sets (lfw.bin, cfp_fp.bin, agedb_30.bin) read without unsafe pickles.
 
 InsightFace ships its verification benchmarks as a pickle of the tuple ``(bins, issame_list)``:
 ``bins`` a list of 2N encoded JPEG/PNG images (pair i is images 2i and 2i+1), ``issame_list`` N
