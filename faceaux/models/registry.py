@@ -38,6 +38,10 @@ _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _BUILTIN_MODULES: tuple[str, ...] = (
     "faceaux.models.iresnet",
     "faceaux.models.mobilefacenet",
+    "faceaux.models.fanface",
+    "faceaux.models.fsenet",
+    "faceaux.models.stnface",
+    "faceaux.models.multitask",
 )
 
 
