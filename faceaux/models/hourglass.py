@@ -17,6 +17,7 @@ to per-stack logits (B, 11, 32, 32), to be up-sampled by 4 for full-resolution m
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from collections.abc import Mapping
 
@@ -400,7 +401,9 @@ def _read_state_dict(
     else:
         try:
             state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        except (RuntimeError, OSError, EOFError, ValueError) as error:
+        except FileNotFoundError:
+            raise
+        except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as error:
             raise ValueError(
                 f"checkpoint: could not read {os.fspath(checkpoint)!r} as a plain PyTorch state "
                 f"dict with torch.load(weights_only=True) ({error}). face-alignment's current "
