@@ -74,7 +74,9 @@ class AttributeSelection:
         names = tuple(name for group in self.groups.values() for name in group)
         unknown = [name for name in names if name not in self.columns]
         if unknown:
-            raise ValueError(f"groups: names {unknown} are not among the annotation columns")
+            raise ValueError(
+                f"groups: expected names among the annotation columns, received unknown {unknown}"
+            )
         object.__setattr__(self, "groups", MappingProxyType(dict(self.groups)))
         object.__setattr__(self, "names", names)
         object.__setattr__(self, "indices", tuple(self.columns.index(n) for n in names))
@@ -289,6 +291,10 @@ class MultiTaskLoss(nn.Module):
         check_same_batch(identity_logits, "identity_logits", identity_labels, "identity_labels")
         check_tensor(attribute_pred, "attribute_pred", "(B, M)", floating=True)
         check_same_batch(identity_logits, "identity_logits", attribute_pred, "attribute_pred")
+        shape = tuple(attribute_pred.shape)
+        check_tensor(attribute_target, "attribute_target", "(B, M)", sizes=shape)
+        if attribute_mask is not None:
+            check_tensor(attribute_mask, "attribute_mask", "(B, M)", sizes=shape)
         identity = self.identity_loss(identity_logits, identity_labels)
         attributes = attribute_loss(
             attribute_pred, attribute_target, attribute_mask, loss=self.attribute_loss_kind

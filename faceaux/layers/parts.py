@@ -95,6 +95,10 @@ def part_mask_pooling(
     The activation and the probability sum run in float32 for float16/bfloat16 inputs; masks are
     cast to ``features.dtype`` for the pooling.
 
+    The negative-mask check (only with ``mask_activation=None`` and ``normalize=True``, as the
+    probability sum is then meaningless) reads the data: it costs a device sync and, under
+    ``torch.compile``, a graph break. The other checks look at shapes only.
+
     Args:
         features: backbone feature map ``F``.
         masks: parsing maps (scores or probabilities), one channel per parsing class.

@@ -17,6 +17,7 @@ from faceaux import (
     attribute_loss,
     majority_vote,
 )
+from faceaux.layers.attributes import AttributeSelection
 
 
 def reference_vote(labels: list[list[float]], identities: list[int]) -> list[list[float]]:
@@ -243,6 +244,14 @@ def test_compiles() -> None:
         (lambda: majority_vote(torch.ones(4), torch.ones(4, dtype=torch.long)),
          "attribute_labels"),
         (lambda: MultiTaskLoss(lambda_attr=-1.0), "lambda_attr"),
+        (lambda: MultiTaskLoss(attribute_loss="l2"), "attribute_loss"),
+        (lambda: MultiTaskLoss()(torch.randn(3, 5), torch.zeros(3, dtype=torch.long),
+                                 torch.randn(3, 2), torch.ones(3, 4)), "attribute_target"),
+        (lambda: MultiTaskLoss()(torch.randn(3, 5), torch.zeros(3, dtype=torch.long),
+                                 torch.randn(3, 2), torch.ones(3, 2), torch.ones(2)),
+         "attribute_mask"),
+        (lambda: AttributeSelection({"eye": ("Third_Eye",)}, CELEBA_ATTRIBUTE_NAMES), "groups"),
+        (lambda: CELEBA_FACE_ATTRIBUTES.group_positions("mouth"), "group"),
         (lambda: MultiTaskLoss()(torch.randn(3, 5), torch.zeros(4, dtype=torch.long),
                                  torch.randn(3, 2), torch.ones(3, 2)), "identity_labels"),
     ],
