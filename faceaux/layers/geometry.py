@@ -18,6 +18,8 @@ Conventions (the ``F.affine_grid`` / STN ones):
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -102,6 +104,9 @@ def transform_matrix(params: torch.Tensor, kind: str) -> torch.Tensor:
     - ``"affine"`` (6): ``θ11, θ12, θ13, θ21, θ22, θ23`` (row-major).
     - ``"projective"`` (8): ``θ11 … θ32`` (row-major), ``θ33 = 1``.
 
+    A sample with a NaN or infinite parameter gets an all-NaN matrix, detached from its
+    parameters (their gradient there is 0, not NaN); :func:`warp` turns it into padding.
+
     Args:
         params: the parameters, ``(B, P)`` with ``P`` as above.
         kind: one of the kinds above.
@@ -124,6 +129,10 @@ def transform_matrix(params: torch.Tensor, kind: str) -> torch.Tensor:
     count = _check_kind(kind)
     check_tensor(params, "params", "(B, P)", sizes=(None, count), floating=True)
     batch = params.shape[0]
+    # A sample with a non-finite parameter gets an all-NaN matrix that is cut off from the
+    # gradient (so no NaN flows back into the other parameters); ``warp`` samples padding there.
+    finite = torch.isfinite(params).all(dim=1, keepdim=True)
+    params = torch.where(finite, params, torch.zeros_like(params))
     zero = params.new_zeros(batch)
     one = params.new_ones(batch)
     if kind == "identity":
@@ -137,9 +146,11 @@ def transform_matrix(params: torch.Tensor, kind: str) -> torch.Tensor:
         entries = [cos, -sin, t1, sin, cos, t2]
     elif kind == "affine":
         entries = list(params.unbind(-1))
+    if kind == "projective":
+        matrix = torch.cat([params, one[:, None]], dim=-1).reshape(batch, 3, 3)
     else:
-        return torch.cat([params, one[:, None]], dim=-1).reshape(batch, 3, 3)
-    return torch.stack([*entries, zero, zero, one], dim=-1).reshape(batch, 3, 3)
+        matrix = torch.stack([*entries, zero, zero, one], dim=-1).reshape(batch, 3, 3)
+    return torch.where(finite[:, :, None], matrix, torch.full_like(matrix, math.nan))
 
 
 def params_from_matrix(matrix: torch.Tensor, kind: str) -> torch.Tensor:
@@ -221,12 +232,14 @@ def warp(
     - **huge entries**: matrix entries are clamped to ``±MATRIX_BOUND = 1e6`` and sampling
       coordinates to ``±COORD_BOUND = 1e4`` (a no-op for ``"zeros"``/``"border"`` padding, where
       anything beyond ``±3`` samples only padding). A huge scale thus samples padding / edges.
-    - **NaN or ±inf in a matrix**: that sample's matrix is replaced by one that maps every pixel
-      outside the input, so its output is the padding (zeros for ``padding_mode="zeros"``, the
-      edge value for ``"border"``) and its matrix gets a zero gradient.
+    - **NaN or ±inf in a matrix** (e.g. from NaN parameters, see :func:`transform_matrix`): that
+      sample's matrix is replaced by one that maps every pixel outside the input, so its output
+      is the padding (zeros for ``padding_mode="zeros"``, the edge value for ``"border"``) and
+      its matrix gets a zero gradient.
 
-    The grid is built in ``float32`` or wider (``float64`` when ``x`` or ``matrix`` is), then cast
-    to ``x``'s dtype for sampling.
+    The grid is built and the image sampled in ``float32`` or wider (``float64`` when ``x`` or
+    ``matrix`` is); the output is cast back to ``x``'s dtype (bf16 / fp16 inputs are sampled on
+    a float32 grid, not on a grid rounded to 8 or 11 bits).
 
     Args:
         x: the input images, ``(B, C, H, W)``.
@@ -273,13 +286,14 @@ def warp(
     matrix = torch.where(finite, matrix, outside).clamp(-MATRIX_BOUND, MATRIX_BOUND)
 
     base = _base_grid(height, width, align_corners, x.device, dtype)  # (h, w, 3)
-    mapped = torch.einsum("bij,hwj->bhwi", matrix, base)  # (B, h, w, 3)
-    z = mapped[..., 2:]
+    numerator = torch.einsum("bij,hwj->bhwi", matrix[:, :2], base)  # (B, h, w, 2)
+    z = torch.einsum("bj,hwj->bhw", matrix[:, 2], base).unsqueeze(-1)  # (B, h, w, 1)
     z = torch.where(z >= 0, z.clamp(min=Z_EPS), z.clamp(max=-Z_EPS))
-    grid = (mapped[..., :2] / z).clamp(-COORD_BOUND, COORD_BOUND)
-    return F.grid_sample(
-        x, grid.to(x.dtype), mode=mode, padding_mode=padding_mode, align_corners=align_corners
+    grid = (numerator / z).clamp(-COORD_BOUND, COORD_BOUND)
+    out = F.grid_sample(
+        x.to(dtype), grid, mode=mode, padding_mode=padding_mode, align_corners=align_corners
     )
+    return out.to(x.dtype)
 
 
 def _normalization(
