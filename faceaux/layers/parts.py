@@ -13,7 +13,8 @@ part features the flattened descriptor has ``6 · (128 + 2·5) = 828`` dimension
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import operator
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,20 +41,29 @@ def _check_choice(value: object, name: str, choices: tuple) -> None:
 
 
 def _check_parts(parts: Sequence[int] | None) -> tuple[int, ...] | None:
+    """Normalise ``parts`` to a tuple of non-negative ints (ints, numpy or 0-d tensor ints)."""
     if parts is None:
         return None
-    if isinstance(parts, (str, bytes)) or not isinstance(parts, Sequence):
+    if isinstance(parts, (str, bytes)) or not isinstance(parts, Iterable):
         raise ValueError(
             f"parts: expected a sequence of channel indices or None, received {parts!r}"
         )
-    if len(parts) == 0:
-        raise ValueError("parts: expected at least one channel index, received an empty sequence")
+    indices = []
     for index in parts:
-        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        try:
+            if isinstance(index, bool):
+                raise TypeError
+            value = operator.index(index)
+        except TypeError:
+            value = -1
+        if value < 0:
             raise ValueError(
-                f"parts: expected non-negative int channel indices, received {tuple(parts)!r}"
+                f"parts: expected non-negative int channel indices, received {list(parts)!r}"
             )
-    return tuple(parts)
+        indices.append(value)
+    if not indices:
+        raise ValueError("parts: expected at least one channel index, received an empty sequence")
+    return tuple(indices)
 
 
 def part_mask_pooling(

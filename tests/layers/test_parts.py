@@ -104,6 +104,13 @@ def test_mask_resize(resize: str) -> None:
     torch.testing.assert_close(out, expected)
 
 
+def test_parts_accept_integer_like_indices() -> None:
+    features, masks = torch.randn(1, 2, 3, 3), torch.rand(1, 4, 3, 3)
+    expected = part_mask_pooling(features, masks, parts=[2, 0])
+    for parts in ((2, 0), torch.tensor([2, 0]), range(2, -1, -2)):
+        torch.testing.assert_close(part_mask_pooling(features, masks, parts=parts), expected)
+
+
 def test_paper_sizes() -> None:
     """128x128 parsing maps max-pooled onto a 28x28 map, six of eleven classes selected."""
     module = PartMaskPooling(parts=[1, 2, 3, 4, 5, 6], mask_activation="softmax")
@@ -169,6 +176,9 @@ def test_pooling_compiles() -> None:
         (lambda: PartMaskPooling(parts=[0, 5])(torch.randn(2, 3, 4, 4), torch.rand(2, 5, 4, 4)),
          "parts"),
         (lambda: PartMaskPooling(parts=[-1]), "parts"),
+        (lambda: PartMaskPooling(parts=[0.5]), "parts"),
+        (lambda: PartMaskPooling(parts=[True]), "parts"),
+        (lambda: PartMaskPooling(parts=3), "parts"),
         (lambda: PartMaskPooling(parts=[]), "parts"),
         (lambda: PartMaskPooling(mode="sum"), "mode"),
         (lambda: PartMaskPooling(mask_activation="relu"), "mask_activation"),
