@@ -65,6 +65,20 @@ def _fallback_constant(m1: float, m2: float) -> tuple[float, float]:
     return theta_star, max(m2 * math.sin(m2), 1.0 + math.cos(theta_star))
 
 
+def _safe_acos(cosine: torch.Tensor) -> torch.Tensor:
+    """``acos`` with the exact value on [−1, 1] and a finite gradient at ±1.
+
+    The gradient is that of ``acos(clamp(cosine, −1 + ε, 1 − ε))`` (ε the dtype's machine
+    epsilon: about ``1/sqrt(2ε)`` at most, zero beyond the clamp); the value is corrected to
+    ``acos(clamp(cosine, −1, 1))`` outside the graph, so θ is exactly 0 for a cosine of 1.
+    """
+    eps = torch.finfo(cosine.dtype).eps
+    inner = torch.acos(cosine.clamp(-1 + eps, 1 - eps))
+    with torch.no_grad():
+        correction = torch.acos(cosine.clamp(-1.0, 1.0)) - inner
+    return inner + correction
+
+
 def _target_with_margin(
     target: torch.Tensor, m1: float, m2: float, m3: float, easy_margin: bool
 ) -> torch.Tensor:
@@ -72,8 +86,7 @@ def _target_with_margin(
     if m1 == 1.0 and m2 == 0.0:  # CosFace / plain softmax: no angle needed, exact and smooth
         margin = target - m3
     else:
-        eps = 4 * torch.finfo(target.dtype).eps  # acos' derivative stays finite at ±1
-        theta = torch.acos(target.clamp(-1 + eps, 1 - eps))
+        theta = _safe_acos(target)
         margin = torch.cos(m1 * theta + m2) - m3
         if not easy_margin:
             theta_star, mm = _fallback_constant(m1, m2)
@@ -105,9 +118,10 @@ def margin_logits(
     multiplicative margins use ``m1 > 1``; any combination works.
 
     Numerics: the target column is computed in float32 (or float64 for float64 input), with
-    autocast disabled, then cast back to the cosine's dtype. The cosine is clamped into
-    ``[−1 + ε, 1 − ε]`` before ``acos`` (ε = 4 × the dtype's machine epsilon), so values and
-    gradients are finite for cosines of exactly ±1. Once ``m1·θ + m2 > π`` the margin would make
+    autocast disabled, then cast back to the cosine's dtype. ``acos`` takes its gradient at the
+    cosine clamped into ``[−1 + ε, 1 − ε]`` (ε the machine epsilon) while its value is the exact
+    ``acos`` of the cosine clamped into [−1, 1], so values are exact and values and gradients
+    are finite for cosines of exactly ±1. Once ``m1·θ + m2 > π`` the margin would make
     the target *easier*; there the target becomes ``cos θ − m3 − mm`` with ArcFace's constant
     ``mm = m2·sin m2`` (InsightFace's ``th``/``mm``, pytorch-metric-learning's fallback), raised
     to ``1 + cos((π − m2)/m1)`` when needed to keep the target non-increasing in θ for m1 ≠ 1.
@@ -210,32 +224,40 @@ class _CosineToCentres(torch.autograd.Function):
     several element-wise passes over ``(C, D)`` and costs more than the matrix products. Here
     the norm is applied to the ``(B, C)`` product instead, and the backward is written out:
     ``dL/dW_c = (Σ_b g_bc·x̂_b − r_c·Ŵ_c) / ‖W_c‖`` with ``r_c = Σ_b g_bc·cos_bc`` — one
-    product and one in-place multiply-add of ``W``. Centres of norm below 1e-12 are divided by
-    1e-12 (F.normalize's clamp) and get no gradient through their norm.
+    product and two in-place passes over the ``(C, D)`` gradient. Centres of norm below 1e-12
+    are divided by 1e-12 (F.normalize's clamp) and get no gradient through their norm.
     """
 
     @staticmethod
     def forward(ctx, unit_embeddings, weight):
         accumulate = torch.float32 if weight.dtype in _LOW_PRECISION else weight.dtype
         norms = torch.linalg.vector_norm(weight, dim=1, dtype=accumulate)
-        inverse = norms.clamp_min(_NORM_EPS).reciprocal()
-        cosine = (unit_embeddings @ weight.t()) * inverse.to(weight.dtype)
+        inverse = norms.clamp_min(_NORM_EPS).reciprocal()  # float32/64, (C,)
+        cosine = (unit_embeddings @ weight.t()) * _cast(inverse, weight.dtype)
         ctx.save_for_backward(unit_embeddings, weight, inverse, cosine, norms > _NORM_EPS)
         return cosine
 
     @staticmethod
     def backward(ctx, grad):
         unit_embeddings, weight, inverse, cosine, unclamped = ctx.saved_tensors
-        scaled = grad * inverse.to(grad.dtype)  # (B, C): gradient of x̂·W_c
         grad_embeddings = grad_weight = None
         if ctx.needs_input_grad[0]:
-            grad_embeddings = scaled @ weight
+            grad_embeddings = (grad * _cast(inverse, grad.dtype)) @ weight
         if ctx.needs_input_grad[1]:
             along = (grad.to(inverse.dtype) * cosine.to(inverse.dtype)).sum(dim=0)  # r_c
-            coefficient = torch.where(unclamped, -along * inverse * inverse, 0.0)
-            grad_weight = scaled.t() @ unit_embeddings
-            grad_weight.addcmul_(weight, coefficient.to(weight.dtype).unsqueeze(1))
+            along = torch.where(unclamped, along, 0.0)
+            # dL/dW = diag(1/‖W‖)·(gᵀ·x̂ − diag(r/‖W‖)·W): the two row scalings are applied
+            # separately, since 1/‖W‖² can overflow float16
+            grad_weight = grad.t() @ unit_embeddings
+            grad_weight.addcmul_(weight, _cast(-along * inverse, weight.dtype).unsqueeze(1))
+            grad_weight.mul_(_cast(inverse, weight.dtype).unsqueeze(1))
         return grad_embeddings, grad_weight
+
+
+def _cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Cast, saturating at the dtype's largest finite value (1/‖W‖ of a dead centre in fp16)."""
+    largest = torch.finfo(dtype).max
+    return x.clamp(-largest, largest).to(dtype)
 
 
 def normalized_cosine(embeddings: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
