@@ -195,8 +195,8 @@ def params_from_matrix(matrix: torch.Tensor, kind: str) -> torch.Tensor:
 
 def _base_grid(
     height: int, width: int, align_corners: bool, device: torch.device, dtype: torch.dtype
-) -> torch.Tensor:
-    """Output normalised coordinates exactly as ``F.affine_grid`` makes them, ``(h, w, 3)``."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output normalised coordinates ``x_t, y_t``, ``(h, w)`` each, exactly as ``F.affine_grid``."""
 
     def axis(steps: int) -> torch.Tensor:
         if steps <= 1:
@@ -205,7 +205,7 @@ def _base_grid(
         return values if align_corners else values * ((steps - 1) / steps)
 
     ys, xs = torch.meshgrid(axis(height), axis(width), indexing="ij")
-    return torch.stack([xs, ys, torch.ones_like(xs)], dim=-1)
+    return xs, ys
 
 
 def warp(
@@ -285,11 +285,15 @@ def warp(
     finite = torch.isfinite(matrix).flatten(1).all(dim=1)[:, None, None]
     matrix = torch.where(finite, matrix, outside).clamp(-MATRIX_BOUND, MATRIX_BOUND)
 
-    base = _base_grid(height, width, align_corners, x.device, dtype)  # (h, w, 3)
-    numerator = torch.einsum("bij,hwj->bhwi", matrix[:, :2], base)  # (B, h, w, 2)
-    z = torch.einsum("bj,hwj->bhw", matrix[:, 2], base).unsqueeze(-1)  # (B, h, w, 1)
+    # Eq. 1 written out elementwise (no matmul: autocast leaves it in float32, and the
+    # identity gives F.affine_grid's coordinates bit for bit).
+    xt, yt = _base_grid(height, width, align_corners, x.device, dtype)  # (h, w) each
+    m = matrix[:, :, :, None, None]  # (B, 3, 3, 1, 1)
+    xs = m[:, 0, 0] * xt + m[:, 0, 1] * yt + m[:, 0, 2]  # (B, h, w)
+    ys = m[:, 1, 0] * xt + m[:, 1, 1] * yt + m[:, 1, 2]
+    z = m[:, 2, 0] * xt + m[:, 2, 1] * yt + m[:, 2, 2]
     z = torch.where(z >= 0, z.clamp(min=Z_EPS), z.clamp(max=-Z_EPS))
-    grid = (numerator / z).clamp(-COORD_BOUND, COORD_BOUND)
+    grid = (torch.stack([xs, ys], dim=-1) / z[..., None]).clamp(-COORD_BOUND, COORD_BOUND)
     out = F.grid_sample(
         x.to(dtype), grid, mode=mode, padding_mode=padding_mode, align_corners=align_corners
     )

@@ -1,0 +1,392 @@
+"""SpatialTransformerAlign: exact identity initialisation, learning a similarity back, the
+localisation network of §3.2, param_groups, theta_regularization, compile, CUDA, ONNX."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import doctest
+import importlib.util
+import io
+import warnings
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torch.nn.functional as F
+from alignment_images import smooth_shapes
+from checks import assert_compiles, assert_cuda_parity
+from torch import nn
+
+import faceaux.layers.alignment as alignment
+from faceaux.alignment import (
+    SpatialTransformerAlign,
+    param_groups,
+    theta_regularization,
+    transform_matrix,
+    warp,
+)
+
+LEARNED = ["translation", "similarity", "affine", "projective"]
+
+
+def small_stn(transform: str, **kwargs) -> SpatialTransformerAlign:
+    options = {
+        "output_size": (20, 18),
+        "loc_input_size": (16, 16),
+        "loc_channels": (4, 8),
+        "loc_hidden": 16,
+    }
+    options.update(kwargs)
+    return SpatialTransformerAlign(transform, **options)
+
+
+def randomise_regressor(stn: SpatialTransformerAlign, scale: float = 0.05) -> None:
+    with torch.no_grad():
+        stn.regressor.weight.normal_(0.0, scale)
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Tiny CPU training runs several times faster on one thread than on two busy ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+# --- architecture and initialisation ------------------------------------------------------------
+
+
+def test_localisation_network_is_setting_3() -> None:
+    stn = SpatialTransformerAlign("projective")  # the defaults: 64×64 input, three conv blocks
+    layers = list(stn.localization)
+    convs = [m for m in layers if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
+        (3, 32, (3, 3)),
+        (32, 64, (3, 3)),
+        (64, 128, (3, 3)),
+    ]
+    kinds = [type(m) for m in layers[:12]]
+    assert kinds == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d] * 3
+    assert all(m.kernel_size == 2 for m in layers if isinstance(m, nn.MaxPool2d))
+    linears = [m for m in layers if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(128 * 8 * 8, 128)]
+    assert (stn.regressor.in_features, stn.regressor.out_features) == (128, 8)
+    features = stn.localization(torch.rand(2, 3, 64, 64))
+    assert features.shape == (2, 128)
+    no_hidden = SpatialTransformerAlign("affine", loc_hidden=None)
+    assert no_hidden.regressor.in_features == 128 * 8 * 8
+    assert no_hidden.regressor.out_features == 6
+
+
+@pytest.mark.parametrize("transform", LEARNED)
+def test_initialisation_is_exactly_the_identity(transform: str) -> None:
+    stn = SpatialTransformerAlign(transform)
+    assert stn.regressor.weight.abs().max() == 0
+    identity = transform_matrix(stn.regressor.bias[None].detach(), transform)
+    assert torch.equal(identity[0], torch.eye(3))
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("transform", ["identity", *LEARNED])
+def test_identity_init_output_equals_plain_resize(
+    transform: str, train: bool, dtype: torch.dtype
+) -> None:
+    stn = small_stn(transform, output_size=(24, 21)).to(dtype).train(train)
+    x = smooth_shapes(3, 3, 40, 34, seed=1, dtype=dtype)
+    aligned, matrix = stn(x, return_matrix=True)
+    resized = F.interpolate(x, size=(24, 21), mode="bilinear", align_corners=False)
+    atol = 1e-4 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(aligned, resized, atol=atol, rtol=0)
+    assert torch.equal(matrix, torch.eye(3, dtype=dtype).expand(3, 3, 3))
+    # upsampling matches F.interpolate's edge clamping with border padding, both conventions
+    for align_corners in (False, True):
+        up = (
+            small_stn(
+                transform, output_size=(50, 47), padding_mode="border", align_corners=align_corners
+            )
+            .to(dtype)
+            .train(train)
+        )
+        expected = F.interpolate(x, size=(50, 47), mode="bilinear", align_corners=align_corners)
+        torch.testing.assert_close(up(x), expected, atol=atol, rtol=0)
+
+
+def test_identity_transform_has_no_localisation_network() -> None:
+    stn = SpatialTransformerAlign("identity", output_size=(16, 16))
+    assert stn.localization is None
+    assert stn.regressor is None
+    assert list(stn.parameters()) == []
+    with pytest.raises(ValueError, match="no localisation network"):
+        stn.reset_transform()
+
+
+@pytest.mark.parametrize("transform", LEARNED)
+def test_forward_is_warp_of_the_predicted_matrix(transform: str) -> None:
+    stn = small_stn(transform, padding_mode="border").eval()
+    randomise_regressor(stn)
+    x = smooth_shapes(3, 3, 30, 26, seed=2)
+    aligned, matrix = stn(x, return_matrix=True)
+    assert matrix.shape == (3, 3, 3)
+    assert not torch.allclose(matrix, torch.eye(3).expand(3, 3, 3), atol=1e-3)  # really warps
+    torch.testing.assert_close(aligned, warp(x, matrix, (20, 18), padding_mode="border"))
+    torch.testing.assert_close(stn(x), aligned)
+    # the localisation network sees the input resized to loc_input_size (64×64 in the paper)
+    small = F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False)
+    params = stn.regressor(stn.localization(small))
+    torch.testing.assert_close(matrix, transform_matrix(params, transform))
+
+
+def test_reset_transform_starts_from_a_given_matrix() -> None:
+    stn = small_stn("similarity").eval()
+    start = transform_matrix(torch.tensor([[0.8, 0.2, 0.1, -0.05]]), "similarity")
+    stn.reset_transform(start[0])
+    x = smooth_shapes(2, 3, 30, 26, seed=3)
+    aligned, matrix = stn(x, return_matrix=True)
+    torch.testing.assert_close(matrix, start.expand(2, 3, 3))
+    torch.testing.assert_close(aligned, warp(x, start.expand(2, 3, 3), (20, 18)))
+    projective = small_stn("projective")
+    projective.reset_transform(start)
+    torch.testing.assert_close(projective.predict_matrix(x), start.expand(2, 3, 3))
+    with pytest.raises(ValueError, match=r"matrix: expected shape \(3, 3\) or \(1, 3, 3\)"):
+        stn.reset_transform(torch.eye(2))
+
+
+def test_bad_configuration_and_input_raise_value_error() -> None:
+    with pytest.raises(ValueError, match="transform: expected one of"):
+        SpatialTransformerAlign("perspective")
+    with pytest.raises(ValueError, match="output_size: expected two positive ints"):
+        SpatialTransformerAlign(output_size=(112,))
+    with pytest.raises(ValueError, match=r"loc_input_size: expected each side ≥ 8"):
+        SpatialTransformerAlign(loc_input_size=(4, 64))
+    with pytest.raises(ValueError, match="loc_hidden: expected a positive int or None"):
+        SpatialTransformerAlign(loc_hidden=0)
+    with pytest.raises(ValueError, match="loc_channels: expected positive ints"):
+        SpatialTransformerAlign(loc_channels=())
+    stn = small_stn("affine")
+    with pytest.raises(ValueError, match=r"x: expected shape \(B, C, H, W\) with size 3 at dim 1"):
+        stn(torch.rand(2, 1, 20, 20))
+    with pytest.raises(ValueError, match=r"x: expected a 4-D tensor"):
+        stn(torch.rand(3, 20, 20))
+    with pytest.raises(ValueError, match="padding_mode: expected one of"):
+        small_stn("affine", padding_mode="wrap")(torch.rand(1, 3, 20, 20))
+
+
+# --- learning: gradients reach every parameter and recover a warp -------------------------------
+
+
+@pytest.mark.parametrize("transform", ["similarity", "affine", "projective"])
+def test_learns_to_undo_a_fixed_random_similarity(transform: str) -> None:
+    """Images warped by one fixed random similarity T; the STN, trained to map them back onto
+    the originals, must predict T⁻¹ (checked on the central region, where T⁻¹ is observable)."""
+    generator = torch.Generator().manual_seed(0)
+    low, high = torch.tensor([0.8, -0.4, -0.1, -0.1]), torch.tensor([0.9, 0.4, 0.1, 0.1])
+    true_params = low + (high - low) * torch.rand(4, generator=generator)
+    true = transform_matrix(true_params[None], "similarity")
+    originals = smooth_shapes(64, 3, 32, 32, seed=5)
+    warped = warp(originals, true.expand(64, 3, 3))
+    mask = torch.zeros(32, 32)
+    mask[8:24, 8:24] = 1.0
+
+    torch.manual_seed(0)
+    stn = SpatialTransformerAlign(
+        transform,
+        output_size=(32, 32),
+        loc_input_size=(16, 16),
+        loc_channels=(4, 8),
+        loc_hidden=16,
+    )
+    initial = copy.deepcopy(stn.state_dict())
+    optimizer = torch.optim.Adam(stn.parameters(), lr=1e-2)
+    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[200], gamma=0.1)
+    losses = []
+    with one_thread():
+        for _ in range(300):
+            index = torch.randint(0, 64, (16,))
+            aligned = stn(warped[index])
+            loss = ((aligned - originals[index]).square() * mask).sum() / (16 * 3 * mask.sum())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+    first, last = sum(losses[:10]) / 10, sum(losses[-20:]) / 20
+    assert last < 0.05 * first
+    stn.eval()
+    with torch.no_grad():
+        _, matrix = stn(warped[:16], return_matrix=True)
+    expected = torch.linalg.inv(true)[0]
+    assert (matrix - expected).abs().max() < 0.05
+    # every parameter was reached by the gradient and moved away from its initial value
+    for name, value in stn.named_parameters():
+        assert not torch.equal(value.detach(), initial[name]), name
+
+
+# --- param_groups and theta_regularization ------------------------------------------------------
+
+
+class Recognizer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.align = small_stn("projective", output_size=(16, 16))
+        self.backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 14 * 14, 8))
+        self.shared_head = self.backbone[2]  # a shared module: its parameters appear once
+
+
+def test_param_groups_split_localisation_from_recognizer() -> None:
+    model = Recognizer()
+    groups = param_groups(model, lr=0.1, loc_lr_scale=0.05)
+    assert [g["lr"] for g in groups] == [0.1, pytest.approx(0.005)]
+    rest, loc = ({id(p) for p in g["params"]} for g in groups)
+    assert loc == {id(p) for p in model.align.parameters()}
+    assert rest == {id(p) for p in model.backbone.parameters()}
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    optimizer = torch.optim.SGD(groups, lr=0.1, momentum=0.9)  # accepted as it is
+    assert len(optimizer.param_groups) == 2
+    assert param_groups(model, lr=1.0)[1]["lr"] == pytest.approx(0.01)  # default: 100× smaller
+
+
+def test_param_groups_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="model: expected a module containing"):
+        param_groups(nn.Linear(2, 2), lr=0.1)
+    with pytest.raises(ValueError, match="loc_lr_scale: expected a value in"):
+        param_groups(Recognizer(), lr=0.1, loc_lr_scale=0.0)
+    with pytest.raises(ValueError, match="lr: expected a positive learning rate"):
+        param_groups(Recognizer(), lr=-1.0)
+
+
+def test_theta_regularization_values_and_gradient() -> None:
+    matrix = torch.randn(4, 3, 3, dtype=torch.float64)
+    expected = [
+        sum((matrix[b, i, j].item() - float(i == j)) ** 2 for i in range(3) for j in range(3))
+        for b in range(4)
+    ]
+    none = theta_regularization(matrix, reduction="none")
+    torch.testing.assert_close(none, torch.tensor(expected, dtype=torch.float64))
+    torch.testing.assert_close(theta_regularization(matrix), none.mean())
+    torch.testing.assert_close(theta_regularization(matrix, reduction="sum"), none.sum())
+    leaf = matrix.clone().requires_grad_(True)
+    theta_regularization(leaf, reduction="sum").backward()
+    torch.testing.assert_close(leaf.grad, 2 * (matrix - torch.eye(3, dtype=torch.float64)))
+    assert theta_regularization(torch.eye(3).expand(2, 3, 3)) == 0
+    with pytest.raises(ValueError, match="reduction: expected"):
+        theta_regularization(matrix, reduction="max")
+
+
+# --- degenerate predictions, precision ----------------------------------------------------------
+
+
+def test_nan_localisation_output_gives_finite_output_and_gradients() -> None:
+    stn = small_stn("projective")
+    x = smooth_shapes(2, 3, 24, 24, seed=6)
+    with torch.no_grad():
+        stn.regressor.bias[6] = float("nan")  # z = NaN everywhere
+    x.requires_grad_(True)
+    aligned = stn(x)
+    aligned.sum().backward()
+    assert torch.isfinite(aligned).all()
+    assert aligned.abs().max() == 0  # documented: padding
+    assert torch.isfinite(x.grad).all()
+
+
+def test_autocast_bfloat16_keeps_matrix_in_float32() -> None:
+    stn = small_stn("similarity").eval()
+    randomise_regressor(stn)
+    x = smooth_shapes(2, 3, 24, 24, seed=7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        aligned, matrix = stn(x, return_matrix=True)
+    assert matrix.dtype == torch.float32
+    assert aligned.dtype == torch.float32
+    # only the localisation network ran in bf16: the warp itself is float32
+    torch.testing.assert_close(aligned, warp(x, matrix, (20, 18)))
+    _, eager = stn(x, return_matrix=True)
+    torch.testing.assert_close(matrix, eager, atol=2e-2, rtol=0)
+
+
+# --- compile, devices, export -------------------------------------------------------------------
+
+
+def test_module_compiles() -> None:
+    stn = small_stn("projective", output_size=(10, 9)).eval()
+    randomise_regressor(stn)
+    assert_compiles(stn, smooth_shapes(2, 3, 16, 16, seed=8))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("transform", ["similarity", "projective"])
+def test_cuda_parity(transform: str) -> None:
+    stn = small_stn(transform).eval()
+    randomise_regressor(stn)
+    assert_cuda_parity(stn, smooth_shapes(2, 3, 24, 22, seed=9))
+
+
+def test_runs_on_device(device: torch.device) -> None:
+    stn = small_stn("affine").to(device)
+    randomise_regressor(stn)
+    aligned, matrix = stn(smooth_shapes(2, 3, 24, 22, seed=10).to(device), return_matrix=True)
+    assert aligned.device.type == device.type
+    assert matrix.device.type == device.type
+
+
+def _onnx_missing() -> str | None:
+    for name in ("onnx", "onnxruntime"):
+        if importlib.util.find_spec(name) is None:
+            return f"needs the `onnx` extra: {name} is not importable (pip install 'faceaux[onnx]')"
+    return None
+
+
+@pytest.mark.skipif(_onnx_missing() is not None, reason=str(_onnx_missing()))
+@pytest.mark.parametrize("transform", ["identity", "similarity", "projective"])
+def test_onnx_export_matches_eager(transform: str) -> None:
+    import onnx
+    import onnxruntime
+
+    stn = small_stn(transform, output_size=(24, 20))
+    if stn.regressor is not None:
+        randomise_regressor(stn)
+        stn.train()
+        stn(smooth_shapes(8, 3, 40, 36, seed=11))  # give the BatchNorm layers running stats
+    stn.eval()
+    x = smooth_shapes(2, 3, 40, 36, seed=12)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # the TorchScript exporter (no onnxscript needed) warns that it is legacy, and the
+        # tracer that shape checks become constants: the export is for these sizes
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            stn,
+            (x,),
+            buffer,
+            dynamo=False,
+            opset_version=17,
+            input_names=["x"],
+            output_names=["aligned"],
+            dynamic_axes={"x": {0: "batch"}, "aligned": {0: "batch"}},
+        )
+    model = onnx.load_from_string(buffer.getvalue())
+    onnx.checker.check_model(model)
+    assert "GridSample" in {node.op_type for node in model.graph.node}
+    session = onnxruntime.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    x3 = smooth_shapes(3, 3, 40, 36, seed=13)  # another batch size than the traced one
+    (got,) = session.run(None, {"x": x3.numpy()})
+    with torch.no_grad():
+        expected = stn(x3)
+    torch.testing.assert_close(torch.from_numpy(got), expected, atol=1e-4, rtol=0)
+
+
+def test_alignment_docstring_examples_run() -> None:
+    result = doctest.testmod(alignment, extraglobs={"torch": torch}, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0
+    assert result.failed == 0
+
+
+def test_reexports_are_the_same_objects() -> None:
+    import faceaux.alignment
+    import faceaux.layers.geometry as geometry
+
+    for name in faceaux.alignment.__all__:
+        source = alignment if hasattr(alignment, name) else geometry
+        assert getattr(faceaux.alignment, name) is getattr(source, name)
