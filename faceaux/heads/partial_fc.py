@@ -275,7 +275,8 @@ class PartialFC(nn.Module):
         if not callable(margin_fn):
             raise ValueError(f"margin_fn: expected a callable, received {type(margin_fn)}")
         self.margin_fn = margin_fn
-        self._margin_takes_norms = "norms" in inspect.signature(margin_fn).parameters
+        signature_of = margin_fn.forward if isinstance(margin_fn, nn.Module) else margin_fn
+        self._margin_takes_norms = "norms" in inspect.signature(signature_of).parameters
         self.weight = nn.Parameter(torch.empty(self.num_local, embedding_size))
         nn.init.normal_(self.weight, std=0.01)
 
