@@ -17,6 +17,8 @@ from torch import nn
 
 from faceaux._checks import check_tensor
 from faceaux.layers.geometry import (
+    _MODES,
+    _PADDING_MODES,
     TRANSFORM_PARAMETERS,
     _check_size,
     params_from_matrix,
@@ -94,6 +96,12 @@ class SpatialTransformerAlign(nn.Module):
         if transform not in TRANSFORM_PARAMETERS:
             raise ValueError(
                 f"transform: expected one of {sorted(TRANSFORM_PARAMETERS)}, received {transform!r}"
+            )
+        if mode not in _MODES:
+            raise ValueError(f"mode: expected one of {_MODES}, received {mode!r}")
+        if padding_mode not in _PADDING_MODES:
+            raise ValueError(
+                f"padding_mode: expected one of {_PADDING_MODES}, received {padding_mode!r}"
             )
         if not isinstance(in_channels, int) or in_channels < 1:
             raise ValueError(f"in_channels: expected a positive int, received {in_channels!r}")

@@ -221,8 +221,9 @@ def warp(
     Tang et al. 2020, §3.3, eqs. (1)–(2): each output pixel's normalised coordinates
     ``(x_t, y_t, 1)`` are mapped by the matrix to ``(x_s·z, y_s·z, z)`` and divided by
     ``z = θ31·x_t + θ32·y_t + θ33``; the input is then sampled there with ``F.grid_sample``
-    (bilinear is eq. 2's kernel). For affine matrices ``z = 1`` exactly and the grid equals
-    ``F.affine_grid``'s bit for bit, so an identity matrix gives the plain ``F.interpolate`` resize.
+    (bilinear is eq. 2's kernel). For affine matrices ``z = 1`` exactly and the grid is
+    ``F.affine_grid``'s (to the last bit or so), so an identity matrix gives the plain
+    ``F.interpolate`` bilinear resize with the same ``align_corners``.
 
     Degenerate inputs give finite outputs and gradients, never an error (no data-dependent
     checks, so ``warp`` stays cheap, compilable and exportable):
@@ -285,8 +286,8 @@ def warp(
     finite = torch.isfinite(matrix).flatten(1).all(dim=1)[:, None, None]
     matrix = torch.where(finite, matrix, outside).clamp(-MATRIX_BOUND, MATRIX_BOUND)
 
-    # Eq. 1 written out elementwise (no matmul: autocast leaves it in float32, and the
-    # identity gives F.affine_grid's coordinates bit for bit).
+    # Eq. 1 written out elementwise (no matmul, so autocast leaves it in float32; the identity
+    # reproduces the base coordinates exactly).
     xt, yt = _base_grid(height, width, align_corners, x.device, dtype)  # (h, w) each
     m = matrix[:, :, :, None, None]  # (B, 3, 3, 1, 1)
     xs = m[:, 0, 0] * xt + m[:, 0, 1] * yt + m[:, 0, 2]  # (B, h, w)

@@ -172,7 +172,9 @@ def test_bad_configuration_and_input_raise_value_error() -> None:
     with pytest.raises(ValueError, match=r"x: expected a 4-D tensor"):
         stn(torch.rand(3, 20, 20))
     with pytest.raises(ValueError, match="padding_mode: expected one of"):
-        small_stn("affine", padding_mode="wrap")(torch.rand(1, 3, 20, 20))
+        small_stn("affine", padding_mode="wrap")
+    with pytest.raises(ValueError, match="mode: expected one of"):
+        small_stn("affine", mode="area")
 
 
 # --- learning: gradients reach every parameter and recover a warp -------------------------------
