@@ -126,7 +126,7 @@ class _ShardedCrossEntropy(torch.autograd.Function):
         z.div_(sum_exp.unsqueeze(1))  # softmax probabilities of this shard's classes
         ctx.save_for_backward(z, index, has_target)
         ctx.logits_dtype = logits.dtype
-        return loss.to(logits.dtype)
+        return loss  # float32 for half-precision logits, as F.cross_entropy under autocast
 
     @staticmethod
     def backward(ctx, grad_loss):
@@ -142,10 +142,11 @@ def sharded_cross_entropy(
     """Mean softmax cross-entropy when each rank holds the logits of a slice of the classes.
 
     Exact, not an approximation: with ``z_i`` the full logit row spread over the ranks,
-    ``loss = mean_i (log Σ_j exp(z_ij) − z_i,y_i)``, computed from three all-reduces per row (max,
-    then sum-of-exp, target logit and a target count in one call), as InsightFace's
-    ``DistCrossEntropy``; the statistics are float32 for half-precision logits. The gradient
-    with respect to this rank's logits, ``(softmax − one_hot) / N``, needs no communication.
+    ``loss = mean_i (log Σ_j exp(z_ij) − z_i,y_i)``, from two all-reduce calls (the row max;
+    then the sum of exponentials, the target logit and a target count together), as InsightFace's
+    ``DistCrossEntropy``. Statistics and loss are float32 for half-precision logits. The
+    gradient with respect to this rank's logits, ``(softmax − one_hot) / N``, needs no
+    communication.
     Without ``torch.distributed`` initialised it is the ordinary cross-entropy.
 
     Args:

@@ -123,7 +123,7 @@ def test_sharded_cross_entropy_half_precision_is_finite_and_close():
     labels = torch.randint(0, 50, (6,))
     loss = sharded_cross_entropy(logits, labels)
     loss.backward()
-    assert loss.dtype == torch.float16
+    assert loss.dtype == torch.float32
     assert torch.isfinite(logits.grad).all()
     torch.testing.assert_close(
         loss.float(), F.cross_entropy(logits.detach().float(), labels), rtol=1e-3, atol=1e-2
@@ -290,6 +290,20 @@ def test_runs_on_device_and_dtype(device, dtype):
     assert loss.dtype == dtype
     assert torch.isfinite(loss)
     assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.dtypes("float16", "bfloat16")
+def test_autocast_partial_fc_is_finite_with_cosines_at_one(dtype):
+    head = PartialFC(8, 12, sample_rate=0.5)
+    y = torch.randint(0, 12, (16,))
+    x = (F.normalize(head.weight.detach())[y] * 20).requires_grad_(True)  # target cosines = 1
+    with torch.autocast("cpu", dtype=dtype):
+        loss = head(x, y)
+    loss.backward()
+    assert loss.dtype == torch.float32
+    assert torch.isfinite(loss)
+    assert torch.isfinite(x.grad).all()
+    assert torch.isfinite(head.weight.grad).all()
 
 
 @pytest.mark.cuda
