@@ -29,7 +29,7 @@ def _load_pml_arcface():
     try:
         from pytorch_metric_learning.losses import ArcFaceLoss
     except ImportError as error:  # pragma: no cover - depends on the environment
-        raise SystemExit(
+        raise ImportError(
             "this benchmark compares with pytorch-metric-learning: pip install 'faceaux[bench]'"
         ) from error
     return ArcFaceLoss

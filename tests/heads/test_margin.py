@@ -10,6 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from checks import assert_compiles, assert_cuda_parity, gradcheck_f64
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import faceaux
 from faceaux import (
@@ -132,6 +134,25 @@ def test_target_is_non_increasing_in_theta_and_never_easier(m1, m2, m3):
     target = margin_logits(cosine, torch.zeros(4001, dtype=torch.long), 1.0, m1, m2, m3)[:, 0]
     assert (target.diff() <= 1e-12).all()
     assert (target <= cosine[:, 0] + 1e-12).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    m1=st.floats(1.0, 3.0),
+    m2=st.floats(0.0, 1.0),
+    m3=st.floats(0.0, 0.5),
+)
+def test_relabelling_classes_permutes_the_logits(seed, m1, m2, m3):
+    generator = torch.Generator().manual_seed(seed)
+    cosine = torch.rand(5, 6, dtype=torch.float64, generator=generator) * 2 - 1
+    labels = torch.randint(-1, 6, (5,), generator=generator)
+    permutation = torch.randperm(6, generator=generator)
+    inverse = permutation.argsort()
+    relabelled = torch.where(labels >= 0, inverse[labels.clamp_min(0)], -1)
+    logits = margin_logits(cosine, labels, 8.0, m1, m2, m3)
+    permuted = margin_logits(cosine[:, permutation], relabelled, 8.0, m1, m2, m3)
+    torch.testing.assert_close(permuted, logits[:, permutation])
 
 
 def test_easy_margin_only_where_cosine_positive():
