@@ -8,6 +8,7 @@ saw (losses, gradients, state dicts) for the parent to compare with a single-pro
 
 from __future__ import annotations
 
+import datetime
 import functools
 from pathlib import Path
 
@@ -33,7 +34,11 @@ def run(rank: int, world_size: int, workdir: str) -> None:
     torch.set_num_threads(1)
     root = Path(workdir)
     dist.init_process_group(
-        "gloo", init_method=f"file://{root / 'rendezvous'}", rank=rank, world_size=world_size
+        "gloo",
+        init_method=f"file://{root / 'rendezvous'}",
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(seconds=60),  # a hung collective fails the test, not CI
     )
     try:
         data = torch.load(root / "data.pt", weights_only=True)
