@@ -75,7 +75,8 @@ def sphereface_logits(
 
     SphereFace (Liu et al., CVPR 2017) §3.3, Eq. 7 with normalised weights and zero biases.
     With ``lambda_ > 0`` the target is the annealed ``‖x‖·(λ·cos θ_y + ψ(θ_y)) / (1 + λ)`` of
-    the authors' code (§4.1 / the released prototxt); ``lambda_ = 0`` is exactly
+    the authors' released training code (the L-Softmax scheme, Liu et al., ICML 2016);
+    ``lambda_ = 0`` is exactly
     ``‖x‖·ψ(θ_y)``. The target is computed in float32 for half-precision input.
 
     Args:
@@ -121,11 +122,12 @@ class SphereFace(nn.Module):
     """SphereFace head (A-Softmax): target logit ``‖x‖·ψ(θ_y)``, others ``‖x‖·cos θ_j``.
 
     Liu et al., "SphereFace: Deep Hypersphere Embedding Learning for Face Recognition",
-    CVPR 2017, §3.3 Eq. 7 (ψ) and §4.1 (λ-annealing). The margin ``m`` makes the target
-    angle ``m`` times larger; it is hard to train from scratch, so the authors blend in the
-    plain softmax target: ``‖x‖·(λ·cos θ + ψ(θ)) / (1 + λ)``, with λ decaying per training
-    step ``i`` (counted in the ``iteration`` buffer, advanced by each training-mode forward
-    with labels) as in the released code:
+    CVPR 2017, §3.3 Eq. 7 (ψ). The margin ``m`` makes the target angle ``m`` times larger;
+    that is hard to train from scratch, so the authors' released code (following L-Softmax,
+    Liu et al., ICML 2016) blends in the plain softmax target:
+    ``‖x‖·(λ·cos θ + ψ(θ)) / (1 + λ)``, with λ decaying per training step ``i`` (counted in
+    the ``iteration`` buffer, advanced by each training-mode forward with labels; eval-mode
+    forwards use λ = 0):
 
         ``λ_i = max(lambda_min, lambda_base · (1 + lambda_gamma · i) ^ (−lambda_power))``
 
