@@ -86,6 +86,7 @@ class FANFace(nn.Module):
         landmarks: heatmaps stacked (default the 51 internal points).
         fan_input_size: FAN's input side (256).
         dropout: IResNet's dropout before the FC.
+        widths: IResNet stage widths (narrower ones for quick experiments and tests).
 
     With neither ``fan`` nor ``fan_checkpoint`` FAN is randomly initialised and a
     ``UserWarning`` says so: the model then runs and trains, but the landmark guidance is noise.
@@ -112,6 +113,7 @@ class FANFace(nn.Module):
         landmarks: Sequence[int] | None = INTERNAL_51,
         fan_input_size: int = 256,
         dropout: float = 0.0,
+        widths: Sequence[int] = (64, 128, 256, 512),
     ) -> None:
         super().__init__()
         if fan is None and fan_checkpoint is None:
@@ -129,7 +131,11 @@ class FANFace(nn.Module):
         num_maps = len(landmarks) if landmarks is not None else fan.out_channels
         extra = num_maps if heatmaps in ("input", "all") else 0
         backbone = IResNet(
-            layers, embedding_size=embedding_size, dropout=dropout, in_channels=3 + extra
+            layers,
+            widths=widths,
+            embedding_size=embedding_size,
+            dropout=dropout,
+            in_channels=3 + extra,
         )
         num_stacks = getattr(fan, "num_stacks", 2)
         self.integrator = FANFeatureIntegrator(

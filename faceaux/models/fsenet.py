@@ -107,6 +107,7 @@ class FSENet(nn.Module):
         local_weight: weight of l in the descriptor (Table 8: 0.6).
         parsing_size: the parsing network's input / mask size (128).
         dropout: IResNet's dropout before the FC.
+        widths: IResNet stage widths; C = ``widths[1]`` (128) is the part-feature size.
 
     With neither ``parsing_net`` nor ``parsing_checkpoint`` the parsing network is randomly
     initialised and a ``UserWarning`` says so.
@@ -130,6 +131,7 @@ class FSENet(nn.Module):
         local_weight: float = 0.6,
         parsing_size: int = 128,
         dropout: float = 0.0,
+        widths: Sequence[int] = (64, 128, 256, 512),
     ) -> None:
         super().__init__()
         if parsing_net is None and parsing_checkpoint is None:
@@ -144,7 +146,9 @@ class FSENet(nn.Module):
             parsing_net = parsing_network()
         if parsing_checkpoint is not None:
             load_checkpoint(parsing_net, parsing_checkpoint)
-        self.backbone = IResNet(layers, embedding_size=embedding_size, dropout=dropout)
+        self.backbone = IResNet(
+            layers, widths=widths, embedding_size=embedding_size, dropout=dropout
+        )
         self.parsing_net = parsing_net.requires_grad_(False).eval()
         self.parsing_size = int(parsing_size)
         self.local_weight = float(local_weight)

@@ -20,6 +20,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -75,17 +77,27 @@ class STNFace(nn.Module):
 
 @register_model
 def stnface_iresnet34(
-    *, transform: str = "projective", embedding_size: int = 512, dropout: float = 0.0, **kwargs
+    *,
+    transform: str = "projective",
+    embedding_size: int = 512,
+    dropout: float = 0.0,
+    widths: Sequence[int] = (64, 128, 256, 512),
+    **kwargs,
 ) -> STNFace:
     """SpatialTransformerAlign (projective by default) in front of IResNet-34 at 112×112.
 
     The paper's recognizer (Table 1) is a ResNet with a 3×3 stem and a dropout → FC → BN
     output, i.e. the IResNet family; the localisation network adds 0.46 M parameters in the
-    paper's configuration (Table 3). kwargs → :class:`STNFace` (``output_size`` and the
-    SpatialTransformerAlign options).
+    paper's configuration (Table 3); ours, with :class:`faceaux.SpatialTransformerAlign`'s
+    defaults, 1,143,208. ``widths``: IResNet stage widths. kwargs → :class:`STNFace`
+    (``output_size`` and the SpatialTransformerAlign options).
     """
     output_size = tuple(kwargs.pop("output_size", (112, 112)))
     backbone = IResNet(
-        (3, 4, 6, 3), embedding_size=embedding_size, dropout=dropout, input_size=output_size
+        (3, 4, 6, 3),
+        widths=widths,
+        embedding_size=embedding_size,
+        dropout=dropout,
+        input_size=output_size,
     )
     return STNFace(backbone, transform=transform, output_size=output_size, **kwargs)

@@ -1,0 +1,354 @@
+"""``faceaux bench``: what bolting a layer onto a recognizer costs, measured in one run.
+
+For each reference model: parameters (all, and trainable — the frozen FAN and parsing networks
+are counted in the first only), forward GFLOPs per image (matmul/convolution FLOPs counted by
+:class:`torch.utils.flop_counter.FlopCounterMode`, 2 per multiply-add; element-wise ops are not
+counted), forward latency (eval mode, no gradients) and forward+backward latency (train mode),
+and the **overhead relative to the plain backbone** (e.g. ``fanface_iresnet34`` vs
+``iresnet34``) as ratios of figures measured in the same run. ``--layers`` adds the per-layer
+micro-benchmarks of ``examples/bench_parts.py`` and ``examples/bench_margin.py`` (loop vs
+vectorised, ours vs a peer library) when those scripts are present (a source checkout).
+
+Example:
+    >>> from faceaux.bench import count_flops, count_parameters
+    >>> from faceaux.models import create_model
+    >>> model = create_model("iresnet_nano")
+    >>> count_parameters(model)
+    1111792
+    >>> count_flops(model, torch.zeros(1, 3, 112, 112)) > 0
+    True
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = [
+    "BASELINES",
+    "DEFAULT_MODELS",
+    "add_parser",
+    "benchmark_models",
+    "count_flops",
+    "count_parameters",
+    "format_table",
+    "layer_rows",
+    "time_call",
+]
+
+#: The models benchmarked by default, each after the backbone it is compared with.
+DEFAULT_MODELS: tuple[str, ...] = (
+    "iresnet18",
+    "iresnet18_gnap",
+    "iresnet34",
+    "fanface_iresnet34",
+    "stnface_iresnet34",
+    "iresnet50",
+    "fanface_iresnet50",
+    "fsenet_iresnet50",
+    "mobilefacenet",
+    "mobilefacenet_gnap",
+    "mtl_attr_fast",
+    "mtl_attr_full",
+)
+
+#: Model → the plain backbone its overhead is measured against.
+BASELINES: dict[str, str] = {
+    "iresnet18_gnap": "iresnet18",
+    "lresnet18e": "iresnet18",
+    "fanface_iresnet34": "iresnet34",
+    "stnface_iresnet34": "iresnet34",
+    "fanface_iresnet50": "iresnet50",
+    "fsenet_iresnet50": "iresnet50",
+    "mobilefacenet_gnap": "mobilefacenet",
+    "mtl_attr_full": "mtl_attr_fast",
+}
+
+_INPUT_SIZES: dict[str, tuple[int, int]] = {
+    "mtl_attr_full": (112, 96),
+    "mtl_attr_fast": (112, 96),
+}
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters of ``model`` (only those with ``requires_grad`` if asked)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def count_flops(model: nn.Module, images: torch.Tensor) -> int:
+    """Forward FLOPs of ``model(images)`` counted by ``FlopCounterMode`` (no gradients).
+
+    Counts matmul / convolution / attention FLOPs (2 per multiply-add) of the whole batch;
+    element-wise operations (BatchNorm, activations, poolings, norms) are not counted. Works
+    with tensors on the ``meta`` device (no arithmetic is done then).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(images)
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> float:
+    """Median wall-clock seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    _synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _build(name: str, device: torch.device) -> nn.Module:
+    from faceaux.models import create_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # random FAN / parser: fine for timing
+        return create_model(name).to(device)
+
+
+def benchmark_model(
+    name: str, device: torch.device, batch: int, repeats: int, warmup: int
+) -> dict[str, float | int | str]:
+    """One row: parameters, GFLOPs per image, forward and forward+backward latency."""
+    model = _build(name, device)
+    size = _INPUT_SIZES.get(name, (112, 112))
+    generator = torch.Generator().manual_seed(0)
+    images = (torch.rand(batch, 3, *size, generator=generator) * 2 - 1).to(device)
+    flops = count_flops(model, images[:1])
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(images)
+
+    def forward_backward() -> None:
+        model.zero_grad(set_to_none=True)
+        model(images).float().square().mean().backward()
+
+    model.eval()
+    forward_s = time_call(forward, device, repeats, warmup)
+    model.train()
+    forward_backward_s = time_call(forward_backward, device, repeats, warmup)
+    return {
+        "model": name,
+        "params": count_parameters(model),
+        "trainable_params": count_parameters(model, trainable_only=True),
+        "gflops": flops / 1e9,
+        "forward_ms": forward_s * 1e3,
+        "forward_backward_ms": forward_backward_s * 1e3,
+        "batch": batch,
+    }
+
+
+def benchmark_models(
+    names: Sequence[str],
+    device: str | torch.device = "cpu",
+    batch: int = 64,
+    repeats: int = 5,
+    warmup: int = 2,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """Benchmark ``names`` (their baselines are added when missing) and add overhead ratios.
+
+    Each model with a baseline in :data:`BASELINES` gets ``baseline`` and the ratios
+    ``params_ratio`` (trainable), ``flops_ratio``, ``forward_ratio``,
+    ``forward_backward_ratio`` = model / baseline, all from this run.
+    """
+    device = torch.device(device)
+    ordered: list[str] = []
+    for name in names:
+        baseline = BASELINES.get(name)
+        if baseline is not None and baseline not in ordered:
+            ordered.append(baseline)
+        if name not in ordered:
+            ordered.append(name)
+    rows: dict[str, dict] = {}
+    for name in ordered:
+        if progress is not None:
+            progress(name)
+        rows[name] = benchmark_model(name, device, batch, repeats, warmup)
+    for name, row in rows.items():
+        baseline = BASELINES.get(name)
+        if baseline is None or baseline not in rows:
+            continue
+        base = rows[baseline]
+        row["baseline"] = baseline
+        row["params_ratio"] = row["trainable_params"] / base["trainable_params"]
+        row["flops_ratio"] = row["gflops"] / base["gflops"]
+        row["forward_ratio"] = row["forward_ms"] / base["forward_ms"]
+        row["forward_backward_ratio"] = row["forward_backward_ms"] / base["forward_backward_ms"]
+    return list(rows.values())
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    """A Markdown table of :func:`benchmark_models` rows."""
+    header = (
+        "| model | params (M) | trainable (M) | GFLOPs/img | fwd (ms) | fwd+bwd (ms) "
+        "| vs | params × | FLOPs × | fwd × | fwd+bwd × |"
+    )
+    lines = [header, "|" + "---|" * 11]
+    for row in rows:
+        ratios = ["", "", "", "", ""]
+        if "baseline" in row:
+            ratios = [
+                row["baseline"],
+                f"{row['params_ratio']:.3f}",
+                f"{row['flops_ratio']:.3f}",
+                f"{row['forward_ratio']:.2f}",
+                f"{row['forward_backward_ratio']:.2f}",
+            ]
+        lines.append(
+            f"| {row['model']} | {row['params'] / 1e6:.2f} | {row['trainable_params'] / 1e6:.2f} "
+            f"| {row['gflops']:.2f} | {row['forward_ms']:.1f} | {row['forward_backward_ms']:.1f} "
+            f"| {' | '.join(ratios)} |"
+        )
+    return "\n".join(lines)
+
+
+# --- per-layer micro-benchmarks from the example scripts ------------------------------------
+
+
+def _load_example(filename: str):
+    path = Path(__file__).resolve().parent.parent / "examples" / filename
+    if not path.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location(f"_faceaux_example_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def layer_rows(device: str = "cpu", quick: bool = False) -> list[dict]:
+    """Rows of the layer micro-benchmarks in ``examples/bench_parts.py`` / ``bench_margin.py``.
+
+    Returns an empty list when the scripts are not there (an installed wheel, not a checkout).
+    ``quick`` shrinks the problem sizes (for smoke tests).
+    """
+    rows: list[dict] = []
+    parts = _load_example("bench_parts.py")
+    if parts is not None:
+        kwargs = {"batch": 8, "min_run_time": 0.05} if quick else {}
+        rows += [{"benchmark": "parts", **row} for row in parts.run(device=device, **kwargs)]
+    margin = _load_example("bench_margin.py")
+    if margin is not None:
+        kwargs = {"batch_size": 8, "class_counts": (100,), "repeats": 1, "warmup": 0}
+        try:  # the script times CPU tensors and needs pytorch-metric-learning (bench extra)
+            margin_results = margin.margin_rows(**(kwargs if quick else {}))
+        except (ImportError, SystemExit) as error:
+            margin_results = [{"name": "margin heads vs pml", "skipped": str(error)}]
+        rows += [{"benchmark": "margin (cpu)", **row} for row in margin_results]
+    return rows
+
+
+def _format_layer_rows(rows: Sequence[dict]) -> str:
+    if not rows:
+        return "(no layer benchmarks: examples/bench_parts.py and bench_margin.py not found)"
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for row in rows:
+        cells = []
+        for key in keys:
+            value = row.get(key, "")
+            cells.append(f"{value:.4g}" if isinstance(value, float) else str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# --- command line ---------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handler of ``faceaux bench``; returns the exit status."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("faceaux bench: --device cuda requested but torch.cuda.is_available() is False")
+        return 2
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    models = list(args.models) if args.models else list(DEFAULT_MODELS)
+    from faceaux.models import list_models
+
+    unknown = [m for m in models if m not in list_models()]
+    if unknown:
+        print(f"faceaux bench: unknown models {unknown}; see faceaux.models.list_models()")
+        return 2
+    quiet = args.json
+
+    def progress(name: str) -> None:
+        if not quiet:
+            print(f"  benchmarking {name} …", flush=True)
+
+    result: dict = {
+        "device": args.device,
+        "batch": args.batch,
+        "repeats": args.repeats,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "models": benchmark_models(
+            models, args.device, args.batch, args.repeats, args.warmup, progress
+        ),
+    }
+    if args.layers:
+        result["layers"] = layer_rows(args.device)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(
+        f"\nfaceaux bench — device {args.device}, batch {args.batch}, median of {args.repeats} "
+        f"runs, torch {torch.__version__}, {torch.get_num_threads()} threads\n"
+    )
+    print(format_table(result["models"]))
+    if args.layers:
+        print("\nLayer micro-benchmarks\n")
+        print(_format_layer_rows(result["layers"]))
+    return 0
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``bench`` sub-command to ``faceaux``'s sub-parsers."""
+    parser = subparsers.add_parser(
+        "bench",
+        help="parameters, FLOPs and latency of the reference models, with overhead ratios",
+        description=__doc__.split("\n\n")[1],
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--batch", type=int, default=64, help="images per forward (default 64)")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        metavar="NAME",
+        help="models to benchmark (their baselines are added); default: "
+        + " ".join(DEFAULT_MODELS),
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs (median reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs first")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--layers", action="store_true", help="also run the per-layer micro-benchmarks"
+    )
+    parser.set_defaults(handler=run)
+    return parser
