@@ -79,13 +79,13 @@ class DemoConfig:
     """Settings of one demo run (the command-line flags)."""
 
     variants: Sequence[str] = VARIANTS
-    epochs: int = 6
+    epochs: int = 5
     seed: int = 0
     device: str = "cpu"
-    size: int = 64
+    size: int = 48
     train_identities: int = 150
     test_identities: int = 100
-    images_per_identity: int = 16
+    images_per_identity: int = 12
     n_pairs: int = 3000
     batch_size: int = 64
     lr: float = 0.1

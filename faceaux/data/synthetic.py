@@ -217,7 +217,7 @@ def _landmarks(p: dict[str, torch.Tensor], q: dict[str, torch.Tensor]) -> torch.
     top = p["eye_y"] - 0.02
     bottom = p["eye_y"] + p["nose_len"]
     t = torch.linspace(0, 1, 4)
-    bridge_y = col(top) + t * col(bottom + p["nose_tip"] - top)
+    bridge_y = col(top) + t * col(bottom + 0.5 * p["nose_tip"] - 0.015 - top)
     bridge = torch.stack([torch.zeros_like(bridge_y), bridge_y], -1)
     s = torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0])
     base_x = col(p["nose_w"] * 0.8) * s

@@ -1,0 +1,66 @@
+"""faceaux demo: the --fast run trains every variant and reports finite metrics; flip tables."""
+
+import json
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("matplotlib", reason="the demo's ROC plot needs the demo extra")
+pytest.importorskip("tqdm", reason="the demo's progress bars need the demo extra")
+
+from faceaux import demo
+from faceaux.data.synthetic import SyntheticFaces
+
+
+def test_fast_demo_trains_every_variant(tmp_path, capsys):
+    assert demo.main(["--fast", "--quiet", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "| variant | extra params |" in printed
+    results = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert [r["variant"] for r in results] == list(demo.VARIANTS)
+    for r in results:
+        assert r["loss_decreased"], r["variant"]
+        assert r["last_loss"] < r["first_loss"]
+        for key in ("accuracy", "accuracy_std", "tar_at_far_1e-2", "eer", "auc"):
+            assert math.isfinite(r[key]), (r["variant"], key)
+        assert 0.0 <= r["eer"] <= 1.0
+        assert r["train_seconds"] > 0
+        assert r["variant"] in printed
+    baseline = results[0]
+    assert baseline["extra_params"] == 0
+    assert baseline["accuracy"] > 0.6  # far above chance even in the tiny run
+    assert (tmp_path / "roc.png").stat().st_size > 0
+    assert "| baseline |" in (tmp_path / "results.md").read_text()
+
+
+def test_flip_batch_mirrors_ground_truth():
+    faces = SyntheticFaces(4, 3, size=(64, 64), seed=1)
+    batch = {
+        "image": faces.images.float() / 255,
+        "landmarks": faces.landmarks,
+        "parsing": faces.parsing.long(),
+    }
+    flipped = demo._flip_batch(batch)
+    twice = demo._flip_batch(flipped)
+    torch.testing.assert_close(twice["landmarks"], batch["landmarks"])
+    assert torch.equal(twice["parsing"], batch["parsing"])
+    n = len(faces)
+    # After the flip, the image-left eye landmarks (36-41) sit on the image-left eye label (4).
+    for points, label in ((range(36, 42), 4), (range(42, 48), 5)):
+        centre = flipped["landmarks"][:, list(points)].mean(1).round().long().clamp(0, 63)
+        got = flipped["parsing"][torch.arange(n), centre[:, 1], centre[:, 0]]
+        assert (got == label).float().mean() > 0.8
+    # Jaw point 0 is on the image-left side after the flip, as before it.
+    assert (flipped["landmarks"][:, 0, 0] < flipped["landmarks"][:, 16, 0]).all()
+
+
+def test_bad_variant_and_bin_without_training_folder(tmp_path):
+    with pytest.raises(ValueError, match="variant"):
+        demo.build_variant("nope", 48, 3)
+    cfg = demo.DemoConfig(**demo.FAST)
+    cfg.variants = ("baseline",)
+    cfg.data = str(tmp_path / "lfw.bin")
+    cfg.quiet = True
+    with pytest.raises(ValueError, match="--train-data"):
+        demo.run_demo(cfg)
