@@ -64,3 +64,21 @@ def test_bad_variant_and_bin_without_training_folder(tmp_path):
     cfg.quiet = True
     with pytest.raises(ValueError, match="--train-data"):
         demo.run_demo(cfg)
+
+
+def test_demo_on_an_image_folder(tmp_path):
+    """--data DIR: the same path on user crops; ground-truth variants are skipped."""
+    from PIL import Image
+
+    faces = SyntheticFaces(12, 4, size=(48, 48), seed=2)
+    for i in range(len(faces)):
+        folder = tmp_path / "crops" / f"id{int(faces.labels[i]):02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(faces.images[i].permute(1, 2, 0).numpy()).save(folder / f"{i}.png")
+    cfg = demo.DemoConfig(**{**demo.FAST, "epochs": 1, "n_pairs": 40})
+    cfg.variants = ("baseline", "parts")
+    cfg.data = str(tmp_path / "crops")
+    cfg.quiet = True
+    rows = demo.run_demo(cfg)
+    assert [r["variant"] for r in rows] == ["baseline"]
+    assert math.isfinite(rows[0]["accuracy"])
