@@ -129,37 +129,39 @@ def _build(name: str, device: torch.device) -> nn.Module:
         return create_model(name).to(device)
 
 
-def benchmark_model(
-    name: str, device: torch.device, batch: int, repeats: int, warmup: int
-) -> dict[str, float | int | str]:
-    """One row: parameters, GFLOPs per image, forward and forward+backward latency."""
-    model = _build(name, device)
-    size = _INPUT_SIZES.get(name, (112, 112))
-    generator = torch.Generator().manual_seed(0)
-    images = (torch.rand(batch, 3, *size, generator=generator) * 2 - 1).to(device)
-    flops = count_flops(model, images[:1])
+class _Case:
+    """One model with its input and its two timed steps."""
 
-    def forward() -> None:
+    def __init__(self, name: str, device: torch.device, batch: int) -> None:
+        self.name = name
+        self.model = _build(name, device)
+        size = _INPUT_SIZES.get(name, (112, 112))
+        generator = torch.Generator().manual_seed(0)
+        self.images = (torch.rand(batch, 3, *size, generator=generator) * 2 - 1).to(device)
+        self.flops = count_flops(self.model, self.images[:1])
+        self.forward_s: list[float] = []
+        self.forward_backward_s: list[float] = []
+
+    def forward(self) -> None:
+        self.model.eval()
         with torch.no_grad():
-            model(images)
+            self.model(self.images)
 
-    def forward_backward() -> None:
-        model.zero_grad(set_to_none=True)
-        model(images).float().square().mean().backward()
+    def forward_backward(self) -> None:
+        self.model.train()
+        self.model.zero_grad(set_to_none=True)
+        self.model(self.images).float().square().mean().backward()
 
-    model.eval()
-    forward_s = time_call(forward, device, repeats, warmup)
-    model.train()
-    forward_backward_s = time_call(forward_backward, device, repeats, warmup)
-    return {
-        "model": name,
-        "params": count_parameters(model),
-        "trainable_params": count_parameters(model, trainable_only=True),
-        "gflops": flops / 1e9,
-        "forward_ms": forward_s * 1e3,
-        "forward_backward_ms": forward_backward_s * 1e3,
-        "batch": batch,
-    }
+    def row(self, batch: int) -> dict[str, float | int | str]:
+        return {
+            "model": self.name,
+            "params": count_parameters(self.model),
+            "trainable_params": count_parameters(self.model, trainable_only=True),
+            "gflops": self.flops / 1e9,
+            "forward_ms": statistics.median(self.forward_s) * 1e3,
+            "forward_backward_ms": statistics.median(self.forward_backward_s) * 1e3,
+            "batch": batch,
+        }
 
 
 def benchmark_models(
@@ -172,9 +174,13 @@ def benchmark_models(
 ) -> list[dict]:
     """Benchmark ``names`` (their baselines are added when missing) and add overhead ratios.
 
-    Each model with a baseline in :data:`BASELINES` gets ``baseline`` and the ratios
-    ``params_ratio`` (trainable), ``flops_ratio``, ``forward_ratio``,
-    ``forward_backward_ratio`` = model / baseline, all from this run.
+    Rows: parameters (all / trainable), GFLOPs per image, median forward (eval, no gradients)
+    and forward+backward (train) latency of a batch. The timed runs are **interleaved**: each
+    of the ``repeats`` rounds times every model once, so load from other processes during the
+    run spreads over all models alike instead of skewing one of them. Each model with a
+    baseline in :data:`BASELINES` gets ``baseline`` and the ratios ``params_ratio``
+    (trainable), ``flops_ratio``, ``forward_ratio``, ``forward_backward_ratio`` = model /
+    baseline, all from this run.
     """
     device = torch.device(device)
     ordered: list[str] = []
@@ -184,11 +190,21 @@ def benchmark_models(
             ordered.append(baseline)
         if name not in ordered:
             ordered.append(name)
-    rows: dict[str, dict] = {}
+    cases = []
     for name in ordered:
         if progress is not None:
             progress(name)
-        rows[name] = benchmark_model(name, device, batch, repeats, warmup)
+        cases.append(_Case(name, device, batch))
+    for case in cases:
+        for _ in range(warmup):
+            case.forward()
+            case.forward_backward()
+    for _ in range(repeats):
+        for case in cases:
+            case.forward_s.append(time_call(case.forward, device, 1, 0))
+        for case in cases:
+            case.forward_backward_s.append(time_call(case.forward_backward, device, 1, 0))
+    rows = {case.name: case.row(batch) for case in cases}
     for name, row in rows.items():
         baseline = BASELINES.get(name)
         if baseline is None or baseline not in rows:
@@ -299,7 +315,7 @@ def run(args: argparse.Namespace) -> int:
 
     def progress(name: str) -> None:
         if not quiet:
-            print(f"  benchmarking {name} …", flush=True)
+            print(f"  building {name} …", flush=True)
 
     result: dict = {
         "device": args.device,
