@@ -1,5 +1,6 @@
 """verification_metrics vs scikit-learn and a brute-force reference; extract_embeddings."""
 
+import itertools
 import math
 
 import numpy as np
@@ -33,7 +34,7 @@ def _reference_accuracy(scores, issame, n_folds):
     for test in folds:
         train = np.setdiff1d(np.arange(len(scores)), test)
         uniq = np.unique(scores[train])
-        candidates = [uniq[0] - 1.0] + [(a + b) / 2 for a, b in zip(uniq[:-1], uniq[1:])]
+        candidates = [uniq[0] - 1.0] + [(a + b) / 2 for a, b in itertools.pairwise(uniq)]
         candidates.append(uniq[-1] + 1.0)
         best, best_acc = None, -1.0
         for thr in candidates:
@@ -96,7 +97,9 @@ def test_tar_at_far_and_eer_match_sklearn_roc(seed):
 
 def test_perfect_separation_and_bad_input():
     m = verification_metrics([0.9, 0.8, 0.1, 0.0], [1, 1, 0, 0], n_folds=2)
-    assert m["accuracy"] == 1.0 and m["eer"] == 0.0 and m["auc"] == 1.0
+    assert m["accuracy"] == 1.0
+    assert m["eer"] == 0.0
+    assert m["auc"] == 1.0
     assert 0.1 < m["threshold"] < 0.8
     with pytest.raises(ValueError, match="issame"):
         verification_metrics([0.1, 0.2], [True, True], n_folds=2)
