@@ -6,7 +6,121 @@ norm-aware pooling) into any recognition network, next to the margin heads they 
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+from faceaux.data import ImageFolderFaces, SyntheticFaces, load_verification_bin, make_pairs
+from faceaux.eval import extract_embeddings, verification_metrics
+from faceaux.heads import (
+    AdaFace,
+    AdaFaceMargin,
+    ArcFace,
+    CombinedMargin,
+    CosFace,
+    NormSoftmax,
+    PartialFC,
+    SphereFace,
+    SubCenterArcFace,
+    adaface_logits,
+    margin_logits,
+    sharded_cross_entropy,
+    sphereface_logits,
+)
+from faceaux.layers.alignment import SpatialTransformerAlign, param_groups, theta_regularization
+from faceaux.layers.attributes import (
+    CELEBA_ATTRIBUTE_NAMES,
+    CELEBA_FACE_ATTRIBUTES,
+    AttributeHead,
+    MultiTaskLoss,
+    attribute_loss,
+    majority_vote,
+)
+from faceaux.layers.geometry import (
+    ARCFACE_TEMPLATE_112,
+    TRANSFORM_PARAMETERS,
+    from_pixel_matrix,
+    params_from_matrix,
+    similarity_from_landmarks,
+    to_pixel_matrix,
+    transform_matrix,
+    warp,
+)
+from faceaux.layers.gnap import GNAP, norm_aware_reweight
+from faceaux.layers.heatmaps import (
+    FIVE_POINT,
+    INTERNAL_51,
+    LANDMARKS_68,
+    HeatmapStacker,
+    heatmaps_to_landmarks,
+    render_heatmaps,
+)
+from faceaux.layers.integration import (
+    FANFeatureIntegrator,
+    FANIntegrationLayer,
+    adain,
+    expand_input_channels,
+)
+from faceaux.layers.parts import (
+    PartMaskPooling,
+    StructureCorrelation,
+    part_mask_pooling,
+    structure_correlation,
+)
+from faceaux.models import FAN, create_model, list_models, load_face_alignment_checkpoint
 
-# Public names, one block per layer family: `from faceaux.<module> import ...` then
-# `__all__ += [...]` with the same names.
+__all__ = [
+    "ARCFACE_TEMPLATE_112",
+    "CELEBA_ATTRIBUTE_NAMES",
+    "CELEBA_FACE_ATTRIBUTES",
+    "FAN",
+    "FIVE_POINT",
+    "GNAP",
+    "INTERNAL_51",
+    "LANDMARKS_68",
+    "TRANSFORM_PARAMETERS",
+    "AdaFace",
+    "AdaFaceMargin",
+    "ArcFace",
+    "AttributeHead",
+    "CombinedMargin",
+    "CosFace",
+    "FANFeatureIntegrator",
+    "FANIntegrationLayer",
+    "HeatmapStacker",
+    "ImageFolderFaces",
+    "MultiTaskLoss",
+    "NormSoftmax",
+    "PartMaskPooling",
+    "PartialFC",
+    "SpatialTransformerAlign",
+    "SphereFace",
+    "StructureCorrelation",
+    "SubCenterArcFace",
+    "SyntheticFaces",
+    "__version__",
+    "adaface_logits",
+    "adain",
+    "attribute_loss",
+    "create_model",
+    "expand_input_channels",
+    "extract_embeddings",
+    "from_pixel_matrix",
+    "heatmaps_to_landmarks",
+    "list_models",
+    "load_face_alignment_checkpoint",
+    "load_verification_bin",
+    "majority_vote",
+    "make_pairs",
+    "margin_logits",
+    "norm_aware_reweight",
+    "param_groups",
+    "params_from_matrix",
+    "part_mask_pooling",
+    "render_heatmaps",
+    "sharded_cross_entropy",
+    "similarity_from_landmarks",
+    "sphereface_logits",
+    "structure_correlation",
+    "theta_regularization",
+    "to_pixel_matrix",
+    "transform_matrix",
+    "verification_metrics",
+    "warp",
+]

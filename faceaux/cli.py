@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from faceaux import __version__
 
-SUBCOMMAND_MODULES: tuple[str, ...] = ()
+SUBCOMMAND_MODULES: tuple[str, ...] = ("faceaux.demo", "faceaux.bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

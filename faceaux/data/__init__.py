@@ -1,1 +1,22 @@
 """Datasets: the embedded synthetic face set, InsightFace verification files, image folders."""
+
+from faceaux.data.folders import ImageFolderFaces
+from faceaux.data.synthetic import (
+    PARSING_CLASSES,
+    SYNTHETIC_ATTRIBUTES,
+    SyntheticFaces,
+    make_pairs,
+    split_identities,
+)
+from faceaux.data.verification_bin import load_verification_bin, save_verification_bin
+
+__all__ = [
+    "PARSING_CLASSES",
+    "SYNTHETIC_ATTRIBUTES",
+    "ImageFolderFaces",
+    "SyntheticFaces",
+    "load_verification_bin",
+    "make_pairs",
+    "save_verification_bin",
+    "split_identities",
+]
