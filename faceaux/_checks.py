@@ -55,3 +55,10 @@ def check_same_batch(a: torch.Tensor, a_name: str, b: torch.Tensor, b_name: str)
             f"{b_name}: expected batch size {a.shape[0]} (that of {a_name}, shape "
             f"{tuple(a.shape)}), received shape {tuple(b.shape)}"
         )
+
+
+def check_positive_int(value: object, name: str) -> int:
+    """Check that ``value`` is an ``int`` ≥ 1 (``bool`` refused) and return it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: expected a positive int, received {value!r}")
+    return value

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from faceaux._checks import check_same_batch, check_tensor
+from faceaux._checks import check_positive_int, check_same_batch, check_tensor
 
 
 def test_check_tensor_accepts_matching_tensor():
@@ -36,3 +36,10 @@ def test_check_same_batch():
     check_same_batch(torch.zeros(2, 3), "a", torch.zeros(2), "b")
     with pytest.raises(ValueError, match=r"masks: expected batch size 2"):
         check_same_batch(torch.zeros(2, 3), "features", torch.zeros(3, 1), "masks")
+
+
+def test_check_positive_int():
+    assert check_positive_int(3, "k") == 3
+    for bad in (0, -1, True, 2.0, "3"):
+        with pytest.raises(ValueError, match="k: expected a positive int"):
+            check_positive_int(bad, "k")

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from faceaux._checks import check_same_batch, check_tensor
+from faceaux._checks import check_positive_int, check_same_batch, check_tensor
 
 MarginGrad = Literal["exact", "straight_through"]
 MARGIN_GRADS: tuple[str, ...] = ("exact", "straight_through")
@@ -209,9 +209,8 @@ def margin_logits(
 
 def check_sizes(embedding_size: int, num_classes: int) -> None:
     """``embedding_size`` and ``num_classes`` must be positive integers."""
-    for name, value in (("embedding_size", embedding_size), ("num_classes", num_classes)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: expected a positive int, received {value!r}")
+    check_positive_int(embedding_size, "embedding_size")
+    check_positive_int(num_classes, "num_classes")
 
 
 _NORM_EPS = 1e-12  # as F.normalize

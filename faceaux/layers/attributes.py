@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from faceaux._checks import check_same_batch, check_tensor
+from faceaux._checks import check_positive_int, check_same_batch, check_tensor
 
 __all__ = [
     "CELEBA_ATTRIBUTE_NAMES",
@@ -200,8 +200,7 @@ class AttributeHead(nn.Module):
             ("num_attributes", num_attributes),
             ("hidden_features", hidden_features),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, received {value!r}")
+            check_positive_int(value, name)
         if loss not in _LOSSES:
             raise ValueError(f"loss: expected one of {_LOSSES}, received {loss!r}")
         if not 0.0 <= dropout < 1.0:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from faceaux._checks import check_tensor
+from faceaux._checks import check_positive_int, check_tensor
 
 __all__ = ["GNAP", "FixedGammaBatchNorm", "norm_aware_reweight"]
 
@@ -112,12 +112,6 @@ class FixedGammaBatchNorm(nn.Module):
         return f"{self.bias.numel()}, spatial={self.spatial}, gamma=1 (fixed)"
 
 
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected a positive int, received {value!r}")
-    return value
-
-
 class GNAP(nn.Module):
     """Global Norm-Aware Pooling: a spatially symmetric map from a feature map to an embedding.
 
@@ -153,9 +147,9 @@ class GNAP(nn.Module):
 
     def __init__(self, channels: int, out_features: int | None = None, eps: float = 1e-6) -> None:
         super().__init__()
-        self.channels = _positive_int(channels, "channels")
+        self.channels = check_positive_int(channels, "channels")
         if out_features is not None:
-            _positive_int(out_features, "out_features")
+            check_positive_int(out_features, "out_features")
         if not eps > 0:
             raise ValueError(f"eps: expected a positive float, received {eps!r}")
         self.eps = eps
