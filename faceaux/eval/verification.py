@@ -249,12 +249,13 @@ def extract_embeddings(
     progress: bool = True,
     forward: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None,
     flip_fn: Callable[[Any], Any] | None = None,
+    fusion: str = "sum",
 ) -> torch.Tensor:
     """Embed every image of a loader: optional flip-test fusion, then L2 normalisation.
 
-    With ``flip=True`` the embedding of each image is the **sum** of the embeddings of the image
-    and of its horizontal mirror, then L2-normalised — the flip fusion of stn-alignment-learning
-    §4 and FSENet §3.7 (concatenation is the other common choice; the sum keeps the dimension).
+    With ``flip=True`` the embedding of each image is fused with that of its horizontal mirror,
+    then L2-normalised: ``fusion="sum"`` (default, keeps the dimension ``D``; InsightFace's
+    evaluation) or ``fusion="concat"`` (``[e, e_flip]``, dimension ``2D``: what FSENet §3.7 does).
     The model runs in eval mode under ``torch.inference_mode()``; its training mode is restored
     afterwards.
 
@@ -269,9 +270,11 @@ def extract_embeddings(
             images (e.g. ground-truth heatmaps in a dict batch); default ``model(images)``.
         flip_fn: optional ``batch -> flipped batch``; default mirrors the images only. Give one
             when the batch carries left/right-sensitive side inputs (landmarks, parsing).
+        fusion: ``"sum"`` or ``"concat"``: how the flipped embedding joins the original.
 
     Returns:
-        ``(N, D)`` float32 embeddings on the CPU, unit L2 norm, in loader order.
+        ``(N, D)`` (``(N, 2D)`` for ``fusion="concat"`` with ``flip``) float32 embeddings on
+        the CPU, unit L2 norm, in loader order.
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 8))
@@ -279,6 +282,8 @@ def extract_embeddings(
         >>> extract_embeddings(model, batches, progress=False).shape
         torch.Size([5, 8])
     """
+    if fusion not in ("sum", "concat"):
+        raise ValueError(f"fusion: expected 'sum' or 'concat', received {fusion!r}")
     if device is None:
         first = next(iter(model.parameters()), None)
         device = first.device if first is not None else torch.device("cpu")
@@ -294,7 +299,12 @@ def extract_embeddings(
                 batch = _to_device(batch, device)
                 embedding = run(model, batch).float()
                 if flip:
-                    embedding = embedding + run(model, mirror(batch)).float()
+                    flipped = run(model, mirror(batch)).float()
+                    embedding = (
+                        embedding + flipped
+                        if fusion == "sum"
+                        else torch.cat([embedding, flipped], dim=1)
+                    )
                 outputs.append(F.normalize(embedding, dim=1).cpu())
     finally:
         model.train(was_training)

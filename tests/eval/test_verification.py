@@ -132,6 +132,18 @@ def test_extract_embeddings_flip_fusion_and_normalisation():
     torch.testing.assert_close(calls, torch.nn.functional.normalize(model(images), dim=1))
 
 
+def test_extract_embeddings_concat_fusion():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 5, 6))
+    images = torch.rand(5, 3, 4, 5)
+    out = extract_embeddings(model, [images], flip=True, progress=False, fusion="concat")
+    with torch.no_grad():
+        ref = torch.cat([model(images), model(images.flip(-1))], dim=1)
+    assert out.shape == (5, 12)
+    torch.testing.assert_close(out, torch.nn.functional.normalize(ref, dim=1))
+    with pytest.raises(ValueError, match="fusion: expected 'sum' or 'concat'"):
+        extract_embeddings(model, [images], progress=False, fusion="mean")
+
+
 def test_pair_scores():
     e = torch.nn.functional.normalize(torch.randn(5, 4), dim=1)
     pairs = torch.tensor([[0, 1], [2, 2], [3, 4]])
