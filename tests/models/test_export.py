@@ -53,15 +53,6 @@ COMPILED = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a small shared CPU, 2 spinning threads are ~10× slower here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def calibrated(name: str) -> nn.Module:
     """The small model in eval mode, its BatchNorm statistics set from one training batch."""
     torch.manual_seed(0)

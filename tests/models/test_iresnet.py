@@ -19,15 +19,6 @@ PUBLISHED = {
 LAYERS = {"iresnet18": (2, 2, 2, 2), "iresnet34": (3, 4, 6, 3)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a small shared CPU, 2 spinning threads are ~10× slower here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_parameter_count_matches_insightface(name: str) -> None:
     model = create_model(name)

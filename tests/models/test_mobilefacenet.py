@@ -10,15 +10,6 @@ from faceaux.models import create_model
 from faceaux.models.mobilefacenet import InvertedResidual, MobileFaceNet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a small shared CPU, 2 spinning threads are ~10× slower here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model() -> MobileFaceNet:
     return create_model("mobilefacenet", embedding_size=128)

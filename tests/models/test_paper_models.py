@@ -23,15 +23,6 @@ from faceaux.models.fanface import FANFace, fanface_connections
 from faceaux.models.fsenet import FSENET_PARTS, HELEN_CLASSES, FSENet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a small shared CPU, 2 spinning threads are ~10× slower here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_list_models_has_every_name() -> None:
     assert set(ALL_MODELS) <= set(list_models())
 

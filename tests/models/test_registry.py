@@ -22,15 +22,6 @@ BACKBONES = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a small shared CPU, 2 spinning threads are ~10× slower here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_list_models_contains_backbones() -> None:
     names = list_models()
     assert names == sorted(names)
