@@ -4,8 +4,6 @@ Each layer carries one kind of face knowledge (landmarks, alignment, parts, attr
 norm-aware pooling) into any recognition network, next to the margin heads they train with.
 """
 
-__version__ = "0.1.0"
-
 from faceaux.data import ImageFolderFaces, SyntheticFaces, load_verification_bin, make_pairs
 from faceaux.eval import extract_embeddings, verification_metrics
 from faceaux.heads import (
@@ -64,6 +62,13 @@ from faceaux.layers.parts import (
     structure_correlation,
 )
 from faceaux.models import FAN, create_model, list_models, load_face_alignment_checkpoint
+
+__version__ = "0.1.0"
+"""The installed faceaux version (PEP 440), also printed by ``faceaux --version``.
+
+Shape:
+    A ``str`` such as ``"0.1.0"``; no tensors.
+"""
 
 __all__ = [
     "ARCFACE_TEMPLATE_112",

@@ -9,7 +9,7 @@ and the **overhead relative to the plain backbone** (e.g. ``fanface_iresnet34`` 
 micro-benchmarks of ``examples/bench_parts.py`` and ``examples/bench_margin.py`` (loop vs
 vectorised, ours vs a peer library) when those scripts are present (a source checkout).
 
-Example:
+Examples:
     >>> from faceaux.bench import count_flops, count_parameters
     >>> from faceaux.models import create_model
     >>> model = create_model("iresnet_nano")

@@ -310,7 +310,7 @@ class DemoRecognizer(nn.Module):
 def build_variant(variant: str, size: int, num_classes: int) -> tuple[DemoRecognizer, nn.Module]:
     """The recognizer of a variant and its ArcFace head (s = 32, m = 0.5).
 
-    Example:
+    Examples:
         >>> model, head = build_variant("gnap", 48, num_classes=10)
         >>> model({"image": torch.rand(2, 3, 48, 48)}).shape
         torch.Size([2, 128])
@@ -508,7 +508,7 @@ def run_demo(cfg: DemoConfig) -> list[dict[str, Any]]:
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """The results as a Markdown table (one row per variant).
 
-    Example:
+    Examples:
         >>> row = {"variant": "baseline", "extra_params": 0, "train_seconds": 1.0,
         ...        "accuracy": 0.9, "accuracy_std": 0.01, "tar_at_far_1e-2": 0.5, "eer": 0.1}
         >>> print(format_table([row]).splitlines()[2])

@@ -34,7 +34,7 @@ class ImageFolderFaces(Dataset):
         ``dataset[i]`` is a dict: ``image (3, H, W)`` float in [0, 1] and ``label ()`` int64.
         ``labels (N,)`` holds every sample's label; ``classes`` the folder names.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from PIL import Image
         >>> root = Path(tempfile.mkdtemp())

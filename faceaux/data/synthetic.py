@@ -543,7 +543,7 @@ class SyntheticFaces(Dataset):
         ``landmarks (N, 68, 2)``, ``parsing (N, H, W)`` uint8, ``attributes (N, 7)``,
         ``warps (N, 3, 3)``, ``identity_attributes (num_identities, 7)``.
 
-    Example:
+    Examples:
         >>> data = SyntheticFaces(num_identities=3, images_per_identity=2, size=(56, 56))
         >>> sample = data[0]
         >>> sample["image"].shape, sample["landmarks"].shape, sample["parsing"].shape
@@ -619,7 +619,7 @@ def split_identities(
         test_fraction: fraction of identities held out for testing (at least one each side).
         seed: seed of the random permutation.
 
-    Example:
+    Examples:
         >>> train, test = split_identities(10, 0.3, seed=0)
         >>> len(train), len(test), bool(set(train.tolist()) & set(test.tolist()))
         (7, 3, False)
@@ -655,7 +655,11 @@ def make_pairs(
     Returns:
         ``pairs (n_pairs, 2)`` sample indices into ``dataset`` and ``issame (n_pairs,)`` bool.
 
-    Example:
+    Shape:
+        - dataset labels: ``(N,)`` int
+        - pairs: ``(n_pairs, 2)`` int64; issame: ``(n_pairs,)`` bool
+
+    Examples:
         >>> labels = torch.tensor([0, 0, 1, 1, 2, 2])
         >>> pairs, issame = make_pairs(labels, 4, seed=0)
         >>> bool(((labels[pairs[:, 0]] == labels[pairs[:, 1]]) == issame).all())

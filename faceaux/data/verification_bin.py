@@ -99,7 +99,7 @@ class RestrictedUnpickler(pickle.Unpickler):
     ``numpy._core`` (boolean dtypes only), ``_codecs.encode(str, 'latin1')`` and ``bytearray``.
     Anything else raises ``pickle.UnpicklingError("<module>.<name> is not allowed")``.
 
-    Example:
+    Examples:
         >>> import io, pickle
         >>> RestrictedUnpickler(io.BytesIO(pickle.dumps(([b"a"], [True])))).load()
         ([b'a'], [True])
@@ -148,7 +148,11 @@ def load_verification_bin(
         ``images (2N, 3, H, W)`` uint8 (pair i is rows ``2i`` and ``2i + 1``) and
         ``issame (N,)`` bool.
 
-    Example:
+    Shape:
+        - images: ``(2N, 3, H, W)`` uint8
+        - issame: ``(N,)`` bool
+
+    Examples:
         >>> import tempfile, os
         >>> from PIL import Image
         >>> buf = io.BytesIO(); Image.new("RGB", (4, 4), (255, 0, 0)).save(buf, "PNG")

@@ -51,7 +51,7 @@ def roc_curve(scores: Any, issame: Any) -> tuple[np.ndarray, np.ndarray, np.ndar
     Returns:
         ``fpr``, ``tpr``, ``thresholds``, each ``(T + 1,)`` for T distinct scores.
 
-    Example:
+    Examples:
         >>> fpr, tpr, thr = roc_curve([0.9, 0.8, 0.3, 0.1], [True, False, True, False])
         >>> fpr.tolist(), tpr.tolist()
         ([0.0, 0.0, 0.5, 0.5, 1.0], [0.0, 0.5, 0.5, 1.0, 1.0])
@@ -128,7 +128,11 @@ def verification_metrics(scores: Any, issame: Any, n_folds: int = 10) -> dict[st
         folds' thresholds), ``"eer"``, ``"auc"``, ``"tar_at_far"`` (dict FAR → TAR) and ``"roc"``
         (the tuple ``(fpr, tpr, thresholds)`` of :func:`roc_curve`).
 
-    Example:
+    Shape:
+        - scores: ``(N,)`` float; issame: ``(N,)`` bool
+        - roc: three ``(R,)`` numpy arrays, R ≤ N + 1 points; the rest are Python floats
+
+    Examples:
         >>> scores = [0.9, 0.8, 0.7, 0.2, 0.1, 0.0]
         >>> issame = [True, True, True, False, False, False]
         >>> m = verification_metrics(scores, issame, n_folds=2)
@@ -189,7 +193,7 @@ def pair_scores(embeddings: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
     Shape:
         returns ``(P,)``.
 
-    Example:
+    Examples:
         >>> e = torch.eye(3)
         >>> pair_scores(e, torch.tensor([[0, 0], [0, 1]])).tolist()
         [1.0, 0.0]
@@ -276,7 +280,11 @@ def extract_embeddings(
         ``(N, D)`` (``(N, 2D)`` for ``fusion="concat"`` with ``flip``) float32 embeddings on
         the CPU, unit L2 norm, in loader order.
 
-    Example:
+    Shape:
+        - loader batches: ``(B, 3, H, W)`` images (bare, in a dict or first in a tuple)
+        - output: ``(N, D)``, or ``(N, 2D)`` with ``fusion="concat"``; N = total images
+
+    Examples:
         >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 8))
         >>> batches = [torch.rand(2, 3, 4, 4), torch.rand(3, 3, 4, 4)]
         >>> extract_embeddings(model, batches, progress=False).shape

@@ -50,7 +50,7 @@ def sphereface_psi(cosine: torch.Tensor, m: int = 4) -> torch.Tensor:
     Shape:
         - cosine: any shape; output: the same
 
-    Example:
+    Examples:
         >>> import torch
         >>> sphereface_psi(torch.tensor([1.0, 0.0, -1.0]), m=4).tolist()
         [1.0, -3.0, -7.0]
@@ -91,7 +91,7 @@ def sphereface_logits(
         - cosine: ``(B, C)``; labels: ``(B,)``; norms: ``(B,)``
         - output: ``(B, C)``
 
-    Example:
+    Examples:
         >>> import torch
         >>> cosine = torch.tensor([[1.0, 0.0]])
         >>> sphereface_logits(cosine, torch.tensor([1]), torch.tensor([2.0]), m=4).tolist()
@@ -139,7 +139,10 @@ class SphereFace(nn.Module):
         num_classes: C.
         m: integer angular multiplier (4 in the paper).
         anneal: use the λ schedule (True) or none (False).
-        lambda_base, lambda_gamma, lambda_power, lambda_min: the schedule above.
+        lambda_base: λ's starting value in the schedule above.
+        lambda_gamma: the schedule's γ.
+        lambda_power: the schedule's power.
+        lambda_min: the schedule's floor.
         ignore_index: label value meaning "no margin for this row".
 
     Shape:
@@ -147,7 +150,7 @@ class SphereFace(nn.Module):
         - labels: ``(B,)`` or ``None`` (then ``‖x‖·cos θ_j`` for every class)
         - output: ``(B, C)``
 
-    Example:
+    Examples:
         >>> import torch
         >>> head = SphereFace(8, 4, m=4, anneal=False)
         >>> x, y = torch.randn(3, 8), torch.tensor([0, 1, 3])
@@ -245,7 +248,8 @@ def adaface_logits(
         cosine: cosines between normalised embeddings and normalised centres.
         labels: target classes; ``ignore_index`` rows get no margin.
         norms: ``‖x‖`` per row (its gradient is not used).
-        batch_mean, batch_std: μ and σ, the running mean and std of the norms.
+        batch_mean: μ, the running mean of the norms.
+        batch_std: σ, the running standard deviation of the norms.
         m: margin (0.4 in the paper).
         h: concentration of ẑ (0.333 in the paper).
         s: scale.
@@ -256,7 +260,7 @@ def adaface_logits(
         - cosine: ``(B, C)``; labels: ``(B,)``; norms: ``(B,)``
         - output: ``(B, C)``
 
-    Example:
+    Examples:
         >>> import math, torch
         >>> cosine = torch.tensor([[0.5, 0.2]], dtype=torch.float64)
         >>> out = adaface_logits(cosine, torch.tensor([0]), torch.tensor([20.0]), 20.0, 100.0)
@@ -307,7 +311,7 @@ class AdaFaceMargin(nn.Module):
         - cosine: ``(B, C)``; labels: ``(B,)``; norms: ``(B,)``
         - output: ``(B, C)``
 
-    Example:
+    Examples:
         >>> import torch
         >>> margin = AdaFaceMargin()
         >>> out = margin(torch.rand(4, 6), torch.tensor([0, 1, 2, -1]), torch.full((4,), 30.0))
@@ -372,14 +376,17 @@ class AdaFace(nn.Module):
     Args:
         embedding_size: D.
         num_classes: C.
-        m, h, s, t_alpha: see :class:`AdaFaceMargin` (paper: 0.4, 0.333, 64, 0.01).
+        m: margin, see :class:`AdaFaceMargin` (paper: 0.4).
+        h: concentration of ẑ (paper: 0.333).
+        s: scale (paper: 64).
+        t_alpha: momentum of the running norm statistics (paper: 0.01).
 
     Shape:
         - embeddings: ``(B, D)``, un-normalised
         - labels: ``(B,)`` or ``None`` (then ``s·cos θ_j``)
         - output: ``(B, C)``
 
-    Example:
+    Examples:
         >>> import torch
         >>> head = AdaFace(16, 10)
         >>> head(torch.randn(4, 16), torch.tensor([0, 1, 2, 3])).shape

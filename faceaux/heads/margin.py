@@ -162,7 +162,7 @@ def margin_logits(
         - labels: ``(B,)``, integer, values in ``[0, C)`` or ``ignore_index``
         - output: ``(B, C)``
 
-    Example:
+    Examples:
         >>> import math, torch
         >>> cosine = torch.tensor([[0.5, 0.1], [0.2, 0.9]], dtype=torch.float64)
         >>> logits = margin_logits(cosine, torch.tensor([0, -1]), s=10.0, m2=0.5)
@@ -285,15 +285,21 @@ class CombinedMargin(nn.Module):
     Args:
         embedding_size: D, the embedding dimension.
         num_classes: C, the number of identities.
-        s, m1, m2, m3, easy_margin: see :func:`margin_logits`.
-        margin_grad, interclass_filtering_threshold, ignore_index: see :func:`margin_logits`.
+        s: scale; see :func:`margin_logits`, as for every argument below.
+        m1: multiplicative angular margin.
+        m2: additive angular margin.
+        m3: additive cosine margin.
+        easy_margin: apply the margin only to targets with ``cos θ > 0``.
+        margin_grad: ``"exact"`` or ``"straight_through"``.
+        interclass_filtering_threshold: when > 0, non-target cosines above it are zeroed.
+        ignore_index: label value meaning "no margin for this row".
 
     Shape:
         - embeddings: ``(B, D)``, not necessarily normalised
         - labels: ``(B,)`` integer, or ``None`` at inference
         - output: ``(B, C)`` logits; with ``labels=None`` the scaled cosines ``s·cos θ``
 
-    Example:
+    Examples:
         >>> import torch, torch.nn.functional as F
         >>> head = CombinedMargin(8, 5, m1=1.0, m2=0.3, m3=0.2)
         >>> logits = head(torch.randn(4, 8), torch.tensor([0, 1, 2, 4]))
@@ -382,7 +388,7 @@ class ArcFace(CombinedMargin):
         - embeddings: ``(B, D)``; labels: ``(B,)`` or ``None``
         - output: ``(B, C)``
 
-    Example:
+    Examples:
         >>> import torch
         >>> head = ArcFace(16, 10)
         >>> head(torch.randn(3, 16), torch.tensor([1, 2, 3])).shape
@@ -418,7 +424,7 @@ class CosFace(CombinedMargin):
         - embeddings: ``(B, D)``; labels: ``(B,)`` or ``None``
         - output: ``(B, C)``
 
-    Example:
+    Examples:
         >>> import torch
         >>> head = CosFace(16, 10, s=30.0, m=0.4)
         >>> x, y = torch.randn(2, 16), torch.tensor([3, 7])
@@ -449,7 +455,7 @@ class NormSoftmax(CombinedMargin):
         - embeddings: ``(B, D)``; labels: ``(B,)`` or ``None``
         - output: ``(B, C)``
 
-    Example:
+    Examples:
         >>> import torch
         >>> head = NormSoftmax(16, 10, s=10.0)
         >>> x = torch.randn(2, 16)
@@ -480,7 +486,9 @@ class SubCenterArcFace(CombinedMargin):
         embedding_size: D.
         num_classes: C.
         k: sub-centres per class (3 in the paper).
-        s, m, easy_margin: as :class:`ArcFace`.
+        s: scale, as :class:`ArcFace`.
+        m: additive angular margin, as :class:`ArcFace`.
+        easy_margin: as :class:`ArcFace`.
         **kwargs: ``margin_grad``, ``interclass_filtering_threshold``, ``ignore_index``.
 
     Shape:
@@ -488,7 +496,7 @@ class SubCenterArcFace(CombinedMargin):
         - embeddings: ``(B, D)``; labels: ``(B,)`` or ``None``
         - output: ``(B, C)``
 
-    Example:
+    Examples:
         >>> import torch
         >>> head = SubCenterArcFace(16, 10, k=3)
         >>> head.weight.shape, head(torch.randn(2, 16), torch.tensor([0, 9])).shape

@@ -44,7 +44,7 @@ def shard_range(num_classes: int, rank: int, world_size: int) -> tuple[int, int]
 
     Contiguous slices; the first ``num_classes % world_size`` ranks hold one class more.
 
-    Example:
+    Examples:
         >>> [shard_range(10, r, 3) for r in range(3)]
         [(0, 4), (4, 7), (7, 10)]
     """
@@ -161,7 +161,7 @@ def sharded_cross_entropy(
     Shape:
         - logits: ``(N, C_local)``; labels: ``(N,)``; output: ``()``
 
-    Example:
+    Examples:
         >>> import torch, torch.nn.functional as F
         >>> logits, labels = torch.randn(4, 6), torch.tensor([0, 5, 2, 2])
         >>> torch.allclose(sharded_cross_entropy(logits, labels), F.cross_entropy(logits, labels))
@@ -230,7 +230,7 @@ class PartialFC(nn.Module):
           ``[0, num_classes)``
         - output: ``()``, the cross-entropy averaged over the global batch ``N = Σ_r B_r``
 
-    Example:
+    Examples:
         >>> import torch, torch.nn.functional as F
         >>> head = PartialFC(8, 20)  # no process group: one process holds all 20 centres
         >>> x, y = torch.randn(6, 8), torch.randint(0, 20, (6,))
@@ -426,7 +426,7 @@ class PartialFC(nn.Module):
             rank: the target rank.
             world_size: the target world size.
 
-        Example:
+        Examples:
             >>> import torch
             >>> shards = [PartialFC.reshard_state_dict(torch.randn(10, 4), r, 3) for r in range(3)]
             >>> [tuple(sd["weight"].shape) for sd in shards]

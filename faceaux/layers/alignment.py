@@ -69,7 +69,7 @@ class SpatialTransformerAlign(nn.Module):
         - output: ``(B, C, h, w)``; with ``return_matrix=True`` also the ``(B, 3, 3)`` matrix
           (output-normalised → input-normalised coordinates)
 
-    Example:
+    Examples:
         >>> stn = SpatialTransformerAlign("projective", output_size=(112, 112)).eval()
         >>> x = torch.rand(2, 3, 128, 128)
         >>> aligned, matrix = stn(x, return_matrix=True)
@@ -231,10 +231,14 @@ def param_groups(model: nn.Module, lr: float, loc_lr_scale: float = 0.01) -> lis
     Returns:
         A list of ``{"params": [...], "lr": ...}`` dicts for any ``torch.optim`` optimiser.
 
+    Shape:
+        No tensors in or out: one or two parameter groups (recognizer first, localisation nets
+        second), every parameter of ``model`` exactly once.
+
     Raises:
         ValueError: if ``model`` holds no ``SpatialTransformerAlign`` or a rate is out of range.
 
-    Example:
+    Examples:
         >>> stn = SpatialTransformerAlign(output_size=(32, 32))
         >>> model = nn.Sequential(stn, nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
         >>> groups = param_groups(model, lr=0.1)
@@ -281,7 +285,7 @@ def theta_regularization(matrix: torch.Tensor, reduction: str = "mean") -> torch
         - matrix: ``(B, 3, 3)``
         - output: ``()`` or ``(B,)``
 
-    Example:
+    Examples:
         >>> m = torch.eye(3).repeat(2, 1, 1)
         >>> m[1, 0, 2] = 0.5
         >>> theta_regularization(m, reduction="none")

@@ -36,7 +36,6 @@ __all__ = [
 
 _LOSSES = ("mse", "bce")
 
-#: The 40 columns of CelebA's ``list_attr_celeba.txt``, in file order (0-based column = index).
 CELEBA_ATTRIBUTE_NAMES: tuple[str, ...] = (
     "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs",
     "Big_Lips", "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows",
@@ -46,6 +45,11 @@ CELEBA_ATTRIBUTE_NAMES: tuple[str, ...] = (
     "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat",
     "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
 )  # fmt: skip
+"""The 40 columns of CelebA's ``list_attr_celeba.txt``, in file order (0-based column = index).
+
+Shape:
+    A tuple of 40 names, one per column of CelebA's ``(N, 40)`` ±1 annotation matrix.
+"""
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,7 @@ class AttributeSelection:
         names: all selected names, group after group (the order of ``indices``).
         indices: 0-based annotation column of each name in ``names``.
 
-    Example:
+    Examples:
         >>> CELEBA_FACE_ATTRIBUTES.names[:3]
         ('Narrow_Eyes', 'Big_Nose', 'Pointy_Nose')
         >>> CELEBA_FACE_ATTRIBUTES.indices
@@ -91,8 +95,6 @@ class AttributeSelection:
         return tuple(self.names.index(name) for name in self.groups[group])
 
 
-#: The paper's Table 1: identity-stable CelebA attributes by group. Select them from CelebA's
-#: 40-column annotation with ``annotations[:, list(CELEBA_FACE_ATTRIBUTES.indices)]``.
 CELEBA_FACE_ATTRIBUTES = AttributeSelection(
     groups={
         "eye": ("Narrow_Eyes",),
@@ -101,6 +103,14 @@ CELEBA_FACE_ATTRIBUTES = AttributeSelection(
     },
     columns=CELEBA_ATTRIBUTE_NAMES,
 )
+"""The multi-task paper's Table 1: identity-stable CelebA attributes by group (eye, nose,
+global).
+
+Shape:
+    Selects 7 of CelebA's 40 columns: ``annotations[:, list(CELEBA_FACE_ATTRIBUTES.indices)]``
+    maps ``(N, 40)`` to ``(N, 7)``, columns in ``CELEBA_FACE_ATTRIBUTES.names`` order (the
+    ``num_attributes=7`` of [`AttributeHead`][faceaux.AttributeHead]).
+"""
 
 
 def attribute_loss(
@@ -130,7 +140,7 @@ def attribute_loss(
         - pred, target, mask: ``(B, M)``
         - output: ``()``
 
-    Example:
+    Examples:
         >>> pred = torch.tensor([[0.5, 2.0]])
         >>> attribute_loss(pred, torch.tensor([[1.0, float("nan")]]))
         tensor(0.2500)
@@ -179,7 +189,7 @@ class AttributeHead(nn.Module):
         - embedding: ``(B, D)``
         - output: ``(B, M)``
 
-    Example:
+    Examples:
         >>> head = AttributeHead(512, len(CELEBA_FACE_ATTRIBUTES), hidden_features=256)
         >>> pred = head(torch.randn(4, 512))
         >>> head.loss(pred, torch.randint(0, 2, (4, 7)).float()).shape
@@ -250,7 +260,7 @@ class MultiTaskLoss(nn.Module):
         - attribute_pred, attribute_target, attribute_mask: ``(B, M)``
         - output: ``()``
 
-    Example:
+    Examples:
         >>> criterion = MultiTaskLoss()
         >>> logits, labels = torch.randn(4, 10), torch.tensor([0, 3, 3, 9])
         >>> criterion(logits, labels, torch.zeros(4, 7), torch.ones(4, 7)).item() > 0
@@ -331,7 +341,7 @@ def majority_vote(attribute_labels: torch.Tensor, identity_labels: torch.Tensor)
         - identity_labels: ``(N,)``
         - output: ``(N, M)``, dtype and device of ``attribute_labels``
 
-    Example:
+    Examples:
         >>> labels = torch.tensor([[1, 0], [1, 1], [0, 1], [0, 0]])
         >>> majority_vote(labels, torch.tensor([7, 7, 7, 2]))
         tensor([[1, 1],

@@ -39,7 +39,6 @@ __all__ = [
     "warp",
 ]
 
-#: Number of parameters of each transform kind (§3.1: projective 8, affine 6, similarity 4).
 TRANSFORM_PARAMETERS: dict[str, int] = {
     "identity": 0,
     "translation": 2,
@@ -47,6 +46,13 @@ TRANSFORM_PARAMETERS: dict[str, int] = {
     "affine": 6,
     "projective": 8,
 }
+"""Number of parameters of each transform kind (STN paper §3.1: projective 8, affine 6,
+similarity 4; identity and translation added for ablations).
+
+Shape:
+    A ``dict`` ``kind → P``: the ``params`` argument of
+    [`transform_matrix`][faceaux.transform_matrix] for that kind is ``(B, P)``.
+"""
 
 #: The projective denominator ``z = θ31·x + θ32·y + 1`` is kept at least this far from 0.
 Z_EPS = 1e-6
@@ -55,8 +61,6 @@ MATRIX_BOUND = 1e6
 #: Sampling coordinates are clamped to ``[-COORD_BOUND, COORD_BOUND]`` (normalised units).
 COORD_BOUND = 1e4
 
-#: The ArcFace 112×112 five-point template in pixel coordinates (x, y), pixel centres on integers:
-#: left eye, right eye, nose tip, left and right mouth corners (left = image left). ``(5, 2)``.
 ARCFACE_TEMPLATE_112 = torch.tensor(
     [
         [38.2946, 51.6963],
@@ -67,6 +71,12 @@ ARCFACE_TEMPLATE_112 = torch.tensor(
     ],
     dtype=torch.float32,
 )
+"""The ArcFace 112×112 five-point template in pixel coordinates (x, y), pixel centres on
+integers: left eye, right eye, nose tip, left and right mouth corners (left = image left).
+
+Shape:
+    ``(5, 2)`` float32, on the CPU; move it with ``.to(landmarks)``.
+"""
 
 _MODES = ("bilinear", "nearest", "bicubic")
 _PADDING_MODES = ("zeros", "border", "reflection")
@@ -118,7 +128,7 @@ def transform_matrix(params: torch.Tensor, kind: str) -> torch.Tensor:
         - params: ``(B, P)``
         - output: ``(B, 3, 3)``
 
-    Example:
+    Examples:
         >>> import math
         >>> m = transform_matrix(torch.tensor([[2.0, math.pi / 2, 0.1, -0.2]]), "similarity")
         >>> m.round(decimals=4) + 0.0  # (+ 0.0 turns cos(π/2)'s rounding into a plain 0)
@@ -172,7 +182,7 @@ def params_from_matrix(matrix: torch.Tensor, kind: str) -> torch.Tensor:
         - matrix: ``(B, 3, 3)``
         - output: ``(B, P)``
 
-    Example:
+    Examples:
         >>> p = torch.tensor([[0.8, 0.3, 0.1, -0.1]])
         >>> torch.allclose(params_from_matrix(transform_matrix(p, "similarity"), "similarity"), p)
         True
@@ -258,7 +268,7 @@ def warp(
         - matrix: ``(B, 3, 3)``
         - output: ``(B, C, h, w)``
 
-    Example:
+    Examples:
         >>> x = torch.arange(16.0).reshape(1, 1, 4, 4)
         >>> flip = torch.tensor([[[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
         >>> warp(x, flip)[0, 0, 0]
@@ -358,7 +368,7 @@ def to_pixel_matrix(
         - matrix: ``(B, 3, 3)``
         - output: ``(B, 3, 3)``
 
-    Example:
+    Examples:
         >>> half = torch.tensor([[[0.5, 0.0, 0.0], [0.0, 0.5, 0.0], [0.0, 0.0, 1.0]]])
         >>> to_pixel_matrix(half, in_size=(8, 8), out_size=(8, 8))
         tensor([[[ 2.0000,  0.0000, -3.5000],
@@ -401,7 +411,7 @@ def from_pixel_matrix(
         - pixel_matrix: ``(B, 3, 3)``
         - output: ``(B, 3, 3)``
 
-    Example:
+    Examples:
         >>> shift = torch.tensor([[[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
         >>> x = torch.arange(4.0).reshape(1, 1, 1, 4)
         >>> warp(x, from_pixel_matrix(shift, (1, 4), (1, 4)))  # content moves one pixel right
@@ -444,7 +454,7 @@ def similarity_from_landmarks(src: torch.Tensor, dst: torch.Tensor | None = None
         - dst: ``(N, 2)`` or ``(B, N, 2)``
         - output: ``(B, 3, 3)``
 
-    Example:
+    Examples:
         >>> landmarks = ARCFACE_TEMPLATE_112[None] * 2 + 10  # the template, twice as big, moved
         >>> similarity_from_landmarks(landmarks).round(decimals=4)
         tensor([[[ 0.5000, -0.0000, -5.0000],

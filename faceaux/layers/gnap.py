@@ -51,7 +51,7 @@ def norm_aware_reweight(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
         - x: ``(B, C, H, W)``
         - output: ``(B, C, H, W)``
 
-    Example:
+    Examples:
         >>> x = torch.randn(2, 8, 7, 7)
         >>> g = norm_aware_reweight(x)
         >>> torch.allclose(g.norm(dim=1), x.norm(dim=1).mean(dim=(1, 2), keepdim=True))
@@ -87,7 +87,7 @@ class FixedGammaBatchNorm(nn.Module):
         - input: ``(B, C, H, W)`` if ``spatial`` else ``(B, C)``
         - output: same as input
 
-    Example:
+    Examples:
         >>> bn = FixedGammaBatchNorm(8, spatial=False)
         >>> sorted(name for name, _ in bn.named_parameters())
         ['bias']
@@ -139,7 +139,7 @@ class GNAP(nn.Module):
         - features: ``(B, C, H, W)``
         - output: ``(B, C)``, or ``(B, out_features)``
 
-    Example:
+    Examples:
         >>> gnap = GNAP(64, out_features=32)
         >>> gnap(torch.randn(4, 64, 7, 7)).shape
         torch.Size([4, 32])

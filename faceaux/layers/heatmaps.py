@@ -26,18 +26,32 @@ __all__ = [
     "render_heatmaps",
 ]
 
-#: All 68 points of the iBUG/300-W 68-point layout (0-based), FAN's output order.
 LANDMARKS_68: tuple[int, ...] = tuple(range(68))
+"""All 68 points of the iBUG/300-W 68-point layout (0-based), FAN's output order.
 
-#: The 51 internal points of the 68-point layout: without the 17 jaw-line points 0–16, which the
-#: paper ignores as noisy (FAN-Face §3.1).
+Shape:
+    A tuple of 68 indices: ``landmarks[:, LANDMARKS_68]`` keeps ``(B, 68, 2)``.
+"""
+
 INTERNAL_51: tuple[int, ...] = tuple(range(17, 68))
+"""The 51 internal points of the 68-point layout: without the 17 jaw-line points 0–16, which the
+paper ignores as noisy (FAN-Face §3.1).
 
-#: The 68-point landmarks nearest to the usual 5-point layout, in its order (image-left first):
-#: outer corner of the left eye (36), outer corner of the right eye (45), nose tip (30), left and
-#: right mouth corners (48, 54). Eye centres are not points of the 68 layout, so the eye corners
-#: stand in for them.
+Shape:
+    A tuple of 51 indices: ``heatmaps[:, INTERNAL_51]`` maps ``(B, 68, H, W)`` to
+    ``(B, 51, H, W)``.
+"""
+
 FIVE_POINT: tuple[int, ...] = (36, 45, 30, 48, 54)
+"""The 68-point landmarks nearest to the usual 5-point layout, in its order (image-left first):
+outer corner of the left eye (36), outer corner of the right eye (45), nose tip (30), left and
+right mouth corners (48, 54). Eye centres are not points of the 68 layout, so the eye corners
+stand in for them.
+
+Shape:
+    A tuple of 5 indices: ``landmarks[:, FIVE_POINT]`` maps ``(B, 68, 2)`` to ``(B, 5, 2)``, the
+    layout of [`ARCFACE_TEMPLATE_112`][faceaux.ARCFACE_TEMPLATE_112].
+"""
 
 
 def render_heatmaps(
@@ -62,7 +76,7 @@ def render_heatmaps(
         - landmarks: (B, N, 2)
         - output: (B, N, H, W), in landmarks' dtype
 
-    Example:
+    Examples:
         >>> maps = render_heatmaps(torch.tensor([[[3.0, 1.0], [-5.0, 2.0]]]), size=(4, 6))
         >>> maps.shape, maps[0, 0, 1, 3].item(), maps[0, 1].abs().sum().item()
         (torch.Size([1, 2, 4, 6]), 1.0, 0.0)
@@ -114,7 +128,7 @@ def heatmaps_to_landmarks(
         - heatmaps: (B, N, H, W)
         - output: landmarks (B, N, 2) as (x, y) in pixels of the map, confidence (B, N)
 
-    Example:
+    Examples:
         >>> maps = render_heatmaps(torch.tensor([[[10.3, 4.0]]]), size=(16, 16))
         >>> points, confidence = heatmaps_to_landmarks(maps)
         >>> points.tolist(), round(confidence.item(), 3)
@@ -172,7 +186,7 @@ class HeatmapStacker(nn.Module):
         - heatmaps: (B, N, h, w)
         - output: (B, C + K, H, W), K = len(landmarks) or N
 
-    Example:
+    Examples:
         >>> stacker = HeatmapStacker()
         >>> stacker(torch.randn(2, 3, 112, 112), torch.rand(2, 68, 64, 64)).shape
         torch.Size([2, 54, 112, 112])

@@ -50,7 +50,7 @@ def adain(content: torch.Tensor, style: torch.Tensor, eps: float = 1e-5) -> torc
         - style: (B, C, h, w), any spatial size
         - output: (B, C, H, W)
 
-    Example:
+    Examples:
         >>> out = adain(torch.randn(2, 4, 8, 8), 3 + 2 * torch.randn(2, 4, 8, 8))
         >>> out.shape
         torch.Size([2, 4, 8, 8])
@@ -117,7 +117,7 @@ class FANIntegrationLayer(nn.Module):
         - x: (B, Cl, h, w)
         - output: (B, Ck, H, W)
 
-    Example:
+    Examples:
         >>> layer = FANIntegrationLayer(256, 64)
         >>> layer(torch.randn(2, 64, 56, 56), torch.randn(2, 256, 64, 64)).shape
         torch.Size([2, 64, 56, 56])
@@ -210,7 +210,11 @@ def expand_input_channels(conv: nn.Conv2d, extra: int) -> nn.Conv2d:
     Returns:
         ``conv`` itself, now with ``in_channels + extra`` input channels.
 
-    Example:
+    Shape:
+        - conv input before: ``(B, C, H, W)``; after: ``(B, C + extra, H, W)``
+        - conv.weight: ``(O, C, kh, kw)`` → ``(O, C + extra, kh, kw)``
+
+    Examples:
         >>> conv = expand_input_channels(nn.Conv2d(3, 8, 3), 51)
         >>> conv.in_channels, tuple(conv.weight.shape), conv.weight[:, 3:].abs().sum().item()
         (54, (8, 54, 3, 3), 0.0)
@@ -306,7 +310,7 @@ class FANFeatureIntegrator(nn.Module):
         - fan_input: optional (B, 3, H', W'), given to FAN as it is
         - output: whatever the backbone returns
 
-    Example:
+    Examples:
         >>> from faceaux.models import FAN
         >>> backbone = nn.Sequential(nn.Conv2d(3 + 51, 8, 3, padding=1), nn.ReLU(),
         ...                          nn.Conv2d(8, 8, 3, stride=2, padding=1))

@@ -129,7 +129,7 @@ def part_mask_pooling(
         - masks: ``(B, P, Hm, Wm)``
         - output: ``(B, K, C)``, ``K = len(parts)`` (``P`` when ``parts`` is ``None``)
 
-    Example:
+    Examples:
         >>> features, masks = torch.randn(2, 16, 28, 28), torch.rand(2, 11, 128, 128)
         >>> part_mask_pooling(features, masks, parts=[1, 2, 3, 4, 5, 6]).shape
         torch.Size([2, 6, 16])
@@ -207,7 +207,7 @@ class PartMaskPooling(nn.Module):
         - masks: ``(B, P, Hm, Wm)``
         - output: ``(B, K, C)``
 
-    Example:
+    Examples:
         >>> pool = PartMaskPooling(parts=[1, 2, 3, 4, 5, 6], mask_activation="softmax")
         >>> pool(torch.randn(2, 128, 28, 28), torch.randn(2, 11, 128, 128)).shape
         torch.Size([2, 6, 128])
@@ -281,7 +281,7 @@ def structure_correlation(
         - parts: ``(B, K, C)``
         - output: ``(B, K·(C + 2(K−1)))`` if ``flatten`` else ``(B, K, C + 2(K−1))``
 
-    Example:
+    Examples:
         >>> parts = torch.randn(2, 6, 128)
         >>> structure_correlation(parts).shape
         torch.Size([2, 828])
@@ -323,7 +323,7 @@ class StructureCorrelation(nn.Module):
         - parts: ``(B, K, C)``
         - output: ``(B, K·(C + 2(K−1)))`` if ``flatten`` else ``(B, K, C + 2(K−1))``
 
-    Example:
+    Examples:
         >>> correlation = StructureCorrelation(flatten=False)
         >>> correlation(torch.randn(2, 6, 128)).shape
         torch.Size([2, 6, 138])

@@ -19,7 +19,7 @@ four Basic Layers — see :class:`faceaux.FANIntegrationLayer` for why that exce
 "40K to 110K" — and 29,376 in the 51 extra input channels of ``conv1``); FAN's own 2-stack
 parameters are frozen and not counted (it is the landmark detector the pipeline runs anyway).
 
-Example:
+Examples:
     >>> import torch, warnings
     >>> from faceaux.models import FAN, create_model
     >>> fan = FAN(num_stacks=2, num_features=32, input_size=64)  # a small FAN for the example
@@ -59,7 +59,7 @@ def fanface_connections(stacks: int = 2, part: str = "h2l", fan_input_size: int 
     at the nearest resolution: 64, 32, 16, 8 for a 256×256 FAN input (``fan_input_size / 4``
     and its halvings).
 
-    Example:
+    Examples:
         >>> fanface_connections()
         {'layer1': 'h2l.2.64', 'layer2': 'h2l.2.32', 'layer3': 'h2l.2.16', 'layer4': 'h2l.2.8'}
     """

@@ -29,7 +29,7 @@ Choices where the paper is open:
 - The hourglass output (32×32, a quarter of its input like FAN's) is up-sampled bilinearly to
   the 128×128 of Fig. 4 before the softmax.
 
-Example:
+Examples:
     >>> import torch
     >>> from faceaux.models import StackedHourGlass, create_model
     >>> parser = StackedHourGlass(2, 11, num_features=16, depth=3, input_size=128)
@@ -84,7 +84,7 @@ FSENET_PARTS: tuple[int, ...] = tuple(
 def parsing_network(num_classes: int = 11, num_features: int = 256) -> StackedHourGlass:
     """FSENet's face-parsing network (Fig. 4): 2 hourglasses at 128×128 down to 4×4.
 
-    Example:
+    Examples:
         >>> net = parsing_network(num_features=16).eval()
         >>> net(torch.randn(1, 3, 128, 128)).shape
         torch.Size([1, 11, 32, 32])

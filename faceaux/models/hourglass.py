@@ -62,7 +62,7 @@ class ConvBlock(nn.Module):
         - x: (B, Cin, H, W)
         - output: (B, Cout, H, W)
 
-    Example:
+    Examples:
         >>> block = ConvBlock(64, 128)
         >>> block(torch.randn(2, 64, 16, 16)).shape
         torch.Size([2, 128, 16, 16])
@@ -124,7 +124,7 @@ class HourGlass(nn.Module):
         - x: (B, C, H, W), H and W divisible by 2**D
         - output: (B, C, H, W)
 
-    Example:
+    Examples:
         >>> hourglass = HourGlass(depth=2, num_features=16)
         >>> out, h2l, l2h = hourglass.forward_features(torch.randn(1, 16, 8, 8))
         >>> out.shape, [t.shape[-1] for t in h2l], [t.shape[-1] for t in l2h]
@@ -210,7 +210,7 @@ class StackedHourGlass(nn.Module):
         - x: (B, in_channels, H, W), H and W divisible by 4·2**depth (64 for FAN)
         - output: (B, N, H/4, W/4), the last stack's maps
 
-    Example:
+    Examples:
         >>> net = StackedHourGlass(num_stacks=2, out_channels=11, num_features=32, depth=2,
         ...                        input_size=64).eval()
         >>> net(torch.randn(1, 3, 64, 64)).shape
@@ -326,7 +326,7 @@ class StackedHourGlass(nn.Module):
         never change (FAN-Face §4: "FAN remained fixed for the whole training procedure").
         :meth:`unfreeze` undoes it.
 
-        Example:
+        Examples:
             >>> net = StackedHourGlass(1, 5, num_features=16, depth=1, input_size=8).freeze()
             >>> parent = nn.Sequential(net).train()
             >>> net.training, any(p.requires_grad for p in net.parameters())
@@ -366,7 +366,7 @@ class FAN(StackedHourGlass):
         - x: (B, 3, H, W), H and W divisible by 64 (native: 256)
         - output: (B, N, H/4, W/4), the last stack's heatmaps
 
-    Example:
+    Examples:
         >>> fan = FAN(num_stacks=2, num_landmarks=68).eval()
         >>> with torch.no_grad():
         ...     features = fan.forward_features(torch.rand(1, 3, 256, 256))
@@ -492,11 +492,15 @@ def load_face_alignment_checkpoint(
     Returns:
         The FAN, in eval mode.
 
+    Shape:
+        - checkpoint ``l0.weight``: ``(K, 256, 1, 1)``; K (68 for 2DFAN-4) sets ``num_landmarks``
+        - the returned FAN: ``(B, 3, 256, 256)`` → heatmaps ``(B, K, 64, 64)`` (see :class:`FAN`)
+
     Raises:
         ValueError: the file is not a readable state dict, or its keys/shapes do not match
             (the message lists the missing and unexpected keys and the shape mismatches).
 
-    Example:
+    Examples:
         >>> import os, tempfile
         >>> path = os.path.join(tempfile.mkdtemp(), "fan.pth")
         >>> torch.save(FAN(num_stacks=4, num_landmarks=68).state_dict(), path)

@@ -60,7 +60,7 @@ class IBasicBlock(nn.Module):
     Shape:
         (B, C_in, H, W) → (B, C_out, ⌈H / stride⌉, ⌈W / stride⌉).
 
-    Example:
+    Examples:
         >>> block = IBasicBlock(8, 16, stride=2)
         >>> block(torch.randn(2, 8, 14, 14)).shape
         torch.Size([2, 16, 7, 7])
@@ -118,7 +118,7 @@ class IResNet(nn.Module):
           (after ``bn2`` for ``"fc"``; the last stage's output for ``"gnap"``, whose own BN comes
           first inside GNAP).
 
-    Example:
+    Examples:
         >>> model = IResNet((1, 1, 1, 1), widths=(8, 16, 32, 64), embedding_size=32).eval()
         >>> images = torch.randn(2, 3, 112, 112)
         >>> model(images).shape, model.forward_features(images).shape

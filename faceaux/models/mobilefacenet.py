@@ -10,7 +10,7 @@ linear 1×1 conv (D). PReLU is the non-linearity; BatchNorm follows every conv.
 depthwise convolution layer (and the linear 1×1 conv after it; GNAP's own optional 1×1 projection
 gives D when D ≠ 512).
 
-Example:
+Examples:
     >>> import torch
     >>> from faceaux.models import create_model
     >>> model = create_model("mobilefacenet", embedding_size=128).eval()
@@ -53,7 +53,7 @@ class ConvBN(nn.Module):
     Shape:
         (B, C_in, H, W) → (B, C_out, H', W') with the usual convolution arithmetic.
 
-    Example:
+    Examples:
         >>> ConvBN(8, 16, 3, stride=2)(torch.randn(2, 8, 14, 14)).shape
         torch.Size([2, 16, 7, 7])
     """
@@ -94,7 +94,7 @@ class InvertedResidual(nn.Module):
     Shape:
         (B, C_in, H, W) → (B, C_out, ⌈H / stride⌉, ⌈W / stride⌉).
 
-    Example:
+    Examples:
         >>> InvertedResidual(16, 16, expansion=2, stride=1)(torch.randn(2, 16, 7, 7)).shape
         torch.Size([2, 16, 7, 7])
     """
@@ -128,7 +128,7 @@ class MobileFaceNet(nn.Module):
         - output: (B, D).
         - ``forward_features``: (B, 512, ⌈H/16⌉, ⌈W/16⌉), the conv1×1 (512) output.
 
-    Example:
+    Examples:
         >>> model = MobileFaceNet(embedding_size=128).eval()
         >>> model.forward_features(torch.randn(1, 3, 112, 112)).shape
         torch.Size([1, 512, 7, 7])

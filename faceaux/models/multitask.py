@@ -24,7 +24,7 @@ What the text leaves open, and what we chose (Fig. 1 itself is not in the text):
 With padding 0, the maps are 112×96 → 108×92 → (pool) 54×46 (group 1) → 26×22 (group 2) →
 12×10 (group 3) → 5×4 (group 4), so the FC sees 512·5·4 = 10240 inputs.
 
-Example:
+Examples:
     >>> import torch
     >>> from faceaux.models import create_model
     >>> model = create_model("mtl_attr_fast").eval()
@@ -63,7 +63,7 @@ class MultiTaskBlock(nn.Module):
     Shape:
         (B, C, H, W) → (B, C, H, W).
 
-    Example:
+    Examples:
         >>> MultiTaskBlock(16, convs=3)(torch.randn(2, 16, 6, 5)).shape
         torch.Size([2, 16, 6, 5])
     """

@@ -5,7 +5,7 @@
 (``torch.load(path, weights_only=True)``; there is no download path, the library never touches
 the network).
 
-Example:
+Examples:
     >>> from faceaux.models import create_model, list_models
     >>> "iresnet50" in list_models()
     True
@@ -76,6 +76,13 @@ def list_models(pattern: str | None = None) -> list[str]:
 
     Args:
         pattern: e.g. ``"iresnet*"`` or ``"*gnap"``; ``None`` lists everything.
+
+    Shape:
+        No tensors: returns a sorted ``list[str]`` of names for :func:`create_model`.
+
+    Examples:
+        >>> list_models("*gnap")
+        ['iresnet18_gnap', 'mobilefacenet_gnap']
     """
     _import_builtins()
     names = sorted(_MODELS)
@@ -144,8 +151,17 @@ def create_model(
         strict: with ``checkpoint_path``, require the keys to match exactly.
         **kwargs: passed to the model's builder (e.g. ``embedding_size=256``).
 
+    Shape:
+        The model's own contract; the recognizers map ``(B, 3, H, W)`` images (112×112 by
+        default) to ``(B, embedding_size)`` embeddings (see the "Reference models" docs page).
+
     Raises:
         ValueError: unknown ``name`` (the message lists the closest registered names).
+
+    Examples:
+        >>> model = create_model("iresnet_nano", embedding_size=64)
+        >>> model(torch.randn(2, 3, 112, 112)).shape
+        torch.Size([2, 64])
     """
     _import_builtins()
     builder = _MODELS.get(name)

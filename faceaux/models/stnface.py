@@ -9,7 +9,7 @@ This is the worked example of bolting :class:`faceaux.SpatialTransformerAlign` o
 the two modules are simply composed; give the localisation network a 10–100× smaller learning
 rate with :func:`faceaux.layers.alignment.param_groups`.
 
-Example:
+Examples:
     >>> import torch
     >>> from faceaux.models import create_model
     >>> model = create_model("stnface_iresnet34", transform="similarity").eval()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import doctest
 import importlib.util
 import io
 import warnings
@@ -377,12 +376,6 @@ def test_onnx_export_matches_eager(transform: str) -> None:
     with torch.no_grad():
         expected = stn(x3)
     torch.testing.assert_close(torch.from_numpy(got), expected, atol=1e-4, rtol=0)
-
-
-def test_alignment_docstring_examples_run() -> None:
-    result = doctest.testmod(alignment, extraglobs={"torch": torch}, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0
-    assert result.failed == 0
 
 
 def test_reexports_are_the_same_objects() -> None:

@@ -4,7 +4,6 @@ smoke test of warp is the module's, in test_alignment.py)."""
 
 from __future__ import annotations
 
-import doctest
 import math
 
 import kornia
@@ -18,7 +17,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-import faceaux.layers.geometry as geometry
 from faceaux.alignment import (
     ARCFACE_TEMPLATE_112,
     TRANSFORM_PARAMETERS,
@@ -505,9 +503,3 @@ def test_landmark_alignment_puts_landmarks_on_the_template() -> None:
     ys = (weights * torch.arange(112, dtype=torch.float64)[:, None]).sum(dim=(-2, -1))
     xs = (weights * torch.arange(112, dtype=torch.float64)[None, :]).sum(dim=(-2, -1))
     torch.testing.assert_close(torch.stack([xs, ys], dim=-1), template, atol=0.05, rtol=0)
-
-
-def test_geometry_docstring_examples_run() -> None:
-    result = doctest.testmod(geometry, extraglobs={"torch": torch}, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0
-    assert result.failed == 0

@@ -101,16 +101,3 @@ def test_checkpoint_mismatch_and_bad_file(tmp_path) -> None:
     torch.save([torch.zeros(1)], path)
     with pytest.raises(ValueError, match="expected a state dict"):
         create_model("iresnet_nano", checkpoint_path=path)
-
-
-@pytest.mark.parametrize(
-    "module",
-    ["registry", "iresnet", "mobilefacenet", "fanface", "fsenet", "stnface", "multitask"],
-)
-def test_docstring_examples_run(module: str) -> None:
-    import doctest
-    import importlib
-
-    result = doctest.testmod(importlib.import_module(f"faceaux.models.{module}"))
-    assert result.attempted > 0
-    assert result.failed == 0
