@@ -69,9 +69,8 @@ _MIRROR_68 = (
 )
 # Parsing labels under a horizontal flip: l/r brow (2, 3) and l/r eye (4, 5) swap.
 _MIRROR_PARSING = (0, 1, 3, 2, 5, 4, 6, 7, 8, 9, 10)
-# The 51 internal landmarks (no jaw), FAN-Face's choice, and FSENet's six parts.
+# The 51 internal landmarks (no jaw), FAN-Face's choice.
 _INTERNAL_51 = tuple(range(17, 68))
-_FSENET_PARTS = (1, 4, 5, 6, 7, 8)
 
 
 @dataclass
@@ -256,10 +255,11 @@ class DemoRecognizer(nn.Module):
             )
         if variant == "parts":
             from faceaux.layers.parts import PartMaskPooling, StructureCorrelation
+            from faceaux.models.fsenet import FSENET_PARTS
 
-            self.pool = PartMaskPooling(parts=_FSENET_PARTS, mask_resize="max")
+            self.pool = PartMaskPooling(parts=FSENET_PARTS, mask_resize="max")
             self.correlate = StructureCorrelation()
-            k = len(_FSENET_PARTS)
+            k = len(FSENET_PARTS)
             # BatchNorm (no affine) brings the part descriptor to the embedding's scale.
             self.part_norm = nn.BatchNorm1d(k * (stage2 + 2 * (k - 1)), affine=False)
         if variant == "attributes":

@@ -32,9 +32,10 @@ __all__ = [
     "split_identities",
 ]
 
-#: Parsing labels, in label order. "l_" and "r_" are the *image*-left and image-right parts of an
-#: upright frontal face (the subject's right and left), matching landmark points 36-41 (l_eye)
-#: and 42-47 (r_eye) of the 68-point iBUG layout.
+#: Parsing labels, in label order: Helen's 11 classes in Helen's order (so FSENet's default parts,
+#: ``faceaux.models.fsenet.FSENET_PARTS``, pick the same regions here). "l_" and "r_" are the
+#: *image*-left and image-right parts of an upright frontal face (the subject's right and left),
+#: matching landmark points 36-41 (l_eye) and 42-47 (r_eye) of the 68-point iBUG layout.
 PARSING_CLASSES: tuple[str, ...] = (
     "background",
     "skin",
@@ -44,8 +45,8 @@ PARSING_CLASSES: tuple[str, ...] = (
     "r_eye",
     "nose",
     "upper_lip",
-    "lower_lip",
     "inner_mouth",
+    "lower_lip",
     "hair",
 )
 
@@ -436,9 +437,9 @@ def _render(
     inner_mouth = _ramp(torch.minimum(torch.minimum(yw - iu, il - yw), xin), px)
     lower_lip = _ramp(torch.minimum(torch.minimum(yw - il, ol - yw), xin), px)
     shade_w = shade[:, _MOUTH_ROWS, _MOUTH_COLS][:, None]
-    paint(_MOUTH_ROWS, _MOUTH_COLS, [(upper_lip, 7), (lower_lip, 8)], c(p["lip"]) * shade_w)
+    paint(_MOUTH_ROWS, _MOUTH_COLS, [(upper_lip, 7), (lower_lip, 9)], c(p["lip"]) * shade_w)
     dark = torch.tensor([0.30, 0.06, 0.08]).view(1, 3, 1, 1) * shade_w
-    paint(_MOUTH_ROWS, _MOUTH_COLS, [(inner_mouth, 9)], dark)
+    paint(_MOUTH_ROWS, _MOUTH_COLS, [(inner_mouth, 8)], dark)
 
     # Resample the canvas into the image through the pose matrix.
     matrix = _pose_matrix(q)
@@ -519,7 +520,7 @@ class SyntheticFaces(Dataset):
     - ``landmarks``: the 68 iBUG points in pixel coordinates ``(x, y)`` of the returned image
       (pixel centres at integers).
     - ``parsing``: labels of :data:`PARSING_CLASSES` (background, skin, l/r brow, l/r eye, nose,
-      upper/lower lip, inner mouth, hair); "l" means image-left.
+      upper lip, inner mouth, lower lip, hair: Helen's order); "l" means image-left.
     - ``attributes``: the seven Table-1 attributes of multitask-face-attributes.txt
       (:data:`SYNTHETIC_ATTRIBUTES`), 0/1, thresholds of the identity's geometry (e.g.
       Narrow_Eyes: eye height/width < 0.40; Chubby: wide face with a weak jaw taper), so they are

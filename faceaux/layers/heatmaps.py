@@ -116,6 +116,10 @@ def heatmaps_to_landmarks(
     ``"soft"``: the differentiable soft-argmax Σ_p softmax(β·H)_p · p over the pixel centres p.
     Larger β follows the peak more closely; with peak-1 maps, β = 20 gives a zero background a
     weight of e^-20 per pixel, so on a 64×64 map it moves the estimate by less than 1e-3 pixel.
+    A large β also puts nearly all the weight on the few pixels nearest the peak, so on narrow
+    maps the estimate snaps towards the grid: for uniformly random landmarks on 64×64 maps the
+    mean error is 0.25 px at σ = 1 (the refined argmax: 0.19 px) but 0.04 px at σ = 2. Use
+    σ ≥ 2 (or a smaller β) when sub-pixel accuracy from ``"soft"`` matters.
 
     The confidence is each map's maximum value (FAN's heatmap peak) in both methods.
 

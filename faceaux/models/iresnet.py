@@ -145,7 +145,6 @@ class IResNet(nn.Module):
             raise ValueError(f"pooling: expected 'fc' or 'gnap', received {pooling!r}")
         self.embedding_size = embedding_size
         self.input_size = tuple(input_size)
-        self.in_channels = in_channels
         self.pooling = pooling
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0], eps=1e-5)
@@ -184,6 +183,11 @@ class IResNet(nn.Module):
         if self.pooling == "fc":
             nn.init.ones_(self.features.weight)
             self.features.weight.requires_grad_(False)
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels: ``conv1``'s, so growing it (``expand_input_channels``) updates it."""
+        return self.conv1.in_channels
 
     def _check_images(self, images: torch.Tensor) -> None:
         sizes = (None, self.in_channels, *self.input_size) if self.pooling == "fc" else None

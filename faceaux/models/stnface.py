@@ -87,9 +87,10 @@ def stnface_iresnet34(
     """SpatialTransformerAlign (projective by default) in front of IResNet-34 at 112×112.
 
     The paper's recognizer (Table 1) is a ResNet with a 3×3 stem and a dropout → FC → BN
-    output, i.e. the IResNet family; the localisation network adds 0.46 M parameters in the
-    paper's configuration (Table 3); ours, with :class:`faceaux.SpatialTransformerAlign`'s
-    defaults, 1,143,208. ``widths``: IResNet stage widths. kwargs → :class:`STNFace`
+    output, i.e. the IResNet family. The paper gives no parameter count for its localisation
+    network (the 0.46M of its Table 3 is the number of training images, CASIA-WebFace's); ours,
+    with :class:`faceaux.SpatialTransformerAlign`'s defaults, adds 1,143,208 parameters.
+    ``widths``: IResNet stage widths. kwargs → :class:`STNFace`
     (``output_size`` and the SpatialTransformerAlign options).
     """
     output_size = tuple(kwargs.pop("output_size", (112, 112)))

@@ -187,6 +187,22 @@ def test_other_input_size_and_channels() -> None:
     assert model.fc.in_features == 16 * 7 * 6
 
 
+def test_grown_stem_accepts_the_stacked_input() -> None:
+    """After expand_input_channels on conv1 (FAN-Face eq. 1 on a pretrained model) the input
+    check follows the grown convolution, and the output is unchanged on the old channels."""
+    from faceaux import expand_input_channels
+
+    model = IResNet((1, 1, 1, 1), widths=(8, 8, 16, 16), embedding_size=8).eval()
+    images = torch.randn(2, 3, 112, 112)
+    before = model(images)
+    expand_input_channels(model.conv1, 5)
+    assert model.in_channels == 8
+    stacked = torch.cat([images, torch.rand(2, 5, 112, 112)], 1)
+    torch.testing.assert_close(model(stacked), before)
+    with pytest.raises(ValueError, match=r"images: .*size 8 at dim 1"):
+        model(images)
+
+
 def test_basic_block_matches_formula() -> None:
     block = IBasicBlock(4, 6, stride=2).eval()
     x = torch.randn(2, 4, 9, 9)
