@@ -350,7 +350,7 @@ def _train(
     if variant == "stn":
         from faceaux.layers.alignment import param_groups
 
-        groups = param_groups(model, cfg.lr, loc_lr_scale=0.1)
+        groups = param_groups(model, cfg.lr)  # localisation net: lr / 100 (§4)
     else:
         groups = [{"params": list(model.parameters()), "lr": cfg.lr}]
     groups.append({"params": list(head.parameters()), "lr": cfg.lr})

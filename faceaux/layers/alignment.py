@@ -35,7 +35,9 @@ class SpatialTransformerAlign(nn.Module):
     Tang et al. 2020, §3.1–§3.3. The localisation network is the paper's setting 3 (§3.2,
     Table 2): the input resized to ``loc_input_size`` (64×64 in the paper), three blocks of
     3×3 conv → BatchNorm → ReLU → 2×2 max-pool, a fully-connected layer, then the layer that
-    regresses the transform's parameters (8 projective, 6 affine, 4 similarity — §3.1). The
+    regresses the transform's parameters (8 projective, 6 affine, 4 similarity — §3.1). Table 2
+    does not say whether its "1FC" counts that regressor: we read it as one hidden FC plus the
+    regressor (``loc_hidden=128``); ``loc_hidden=None`` gives the other reading. The
     warp is :func:`~faceaux.layers.geometry.warp` (eqs. 1–2).
 
     Parameterisation: the regressor outputs the paper's own quantities — similarity
