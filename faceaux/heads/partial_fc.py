@@ -193,6 +193,8 @@ class PartialFC(nn.Module):
     **Sampling.** With ``sample_rate < 1`` each rank keeps ``int(sample_rate · C_local)``
     centres per step: every class that occurs in the global batch, plus uniformly random others
     (all positives when they alone exceed that number). The logits are ``(N, C_sampled)``.
+    Sampling saves the logits' memory and compute; ``weight.grad`` stays a dense
+    ``(C_local, D)`` tensor (zero in the rows not sampled), as does the optimiser's state.
 
     **Embedding gradient scale.** With ``scale_embedding_grad_by_world_size=True`` (default,
     InsightFace's convention) the gradient that reaches the local embeddings is ``W`` times the
