@@ -90,14 +90,15 @@ def test_public_name_states_its_shape_contract(name):
     assert re.search(r"^\s*Shape:", doc, re.MULTILINE), f"faceaux.{name}: no 'Shape:' section"
 
 
-FIGURE_SCRIPTS = sorted((ROOT / "examples" / "doc_figures").glob("*.py"))
+FIGURE_SCRIPTS = sorted((ROOT / "examples" / "doc_figures").glob("[!_]*.py"))
 
 
 @pytest.mark.parametrize("script", FIGURE_SCRIPTS, ids=lambda p: p.stem)
-def test_figure_script_draws_what_the_page_shows(script, tmp_path):
+def test_figure_script_draws_what_the_page_shows(script, tmp_path, monkeypatch):
     """Each docs figure is reproducible: its script runs from any cwd and writes small PNGs with
     the names the pages use."""
     pytest.importorskip("matplotlib")
+    monkeypatch.syspath_prepend(str(script.parent))  # the scripts share _figures.py
     spec = importlib.util.spec_from_file_location(f"doc_figure_{script.stem}", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

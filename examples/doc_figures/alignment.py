@@ -13,7 +13,6 @@ Run: ``python examples/doc_figures/alignment.py [out_dir]`` (default docs/img).
 
 from __future__ import annotations
 
-import io
 import math
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
-from PIL import Image
+from _figures import ROOT, save_png
 
 from faceaux import (
     ARCFACE_TEMPLATE_112,
@@ -36,19 +35,8 @@ from faceaux import (
     warp,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
 IN_SIZE = (128, 128)
 OUT_SIZE = (112, 112)
-
-
-def save_png(fig: plt.Figure, path: Path) -> Path:
-    """Save at 80 dpi as a 256-colour palette PNG (keeps the file well under 150 KB)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, dpi=80, format="png")
-    plt.close(fig)
-    buffer.seek(0)
-    Image.open(buffer).convert("RGB").quantize(colors=256).save(path, optimize=True)
-    return path
 
 
 def five_points(landmarks: torch.Tensor) -> torch.Tensor:

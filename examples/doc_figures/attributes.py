@@ -27,11 +27,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from _figures import ROOT, save_png
 
 from faceaux import SyntheticFaces, majority_vote
 from faceaux.data import SYNTHETIC_ATTRIBUTES
 
-ROOT = Path(__file__).resolve().parents[2]
 IMAGES_SHOWN = 15
 FLIP_SHOWN = 0.2
 COUNTS = (1, 3, 5, 15)
@@ -116,8 +116,7 @@ def main(out_dir: str | Path) -> Path:
     right.legend(fontsize=8)
     fig.tight_layout()
     path = out_dir / "attributes_majority_vote.png"
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_png(fig, path)
     return path
 
 

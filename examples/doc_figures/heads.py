@@ -27,10 +27,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
+from _figures import ROOT, save_png
 
 from faceaux import adaface_logits, margin_logits, sphereface_logits
 
-ROOT = Path(__file__).resolve().parents[2]
 S = 64.0
 MU, SIGMA, H = 20.0, 6.0, 0.333
 
@@ -98,8 +98,7 @@ def main(out_dir: str | Path) -> Path:
     axes[0].set_ylabel("target logit (÷ s, or ÷ ‖x‖)")
     fig.tight_layout()
     path = out_dir / "heads_margins.png"
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_png(fig, path)
     return path
 
 

@@ -17,7 +17,6 @@ Run: ``python examples/doc_figures/landmark_integration.py [out_dir]`` (default 
 
 from __future__ import annotations
 
-import io
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
-from PIL import Image
+from _figures import ROOT, save_png
 
 from faceaux import (
     FIVE_POINT,
@@ -40,18 +39,7 @@ from faceaux import (
 )
 from faceaux.models import create_model
 
-ROOT = Path(__file__).resolve().parents[2]
 FAN_MAP = 64  # FAN's heatmap resolution (256×256 input / 4)
-
-
-def save_png(fig: plt.Figure, path: Path) -> Path:
-    """Save at 80 dpi as a 256-colour palette PNG (keeps the file well under 150 KB)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, dpi=80, format="png")
-    plt.close(fig)
-    buffer.seek(0)
-    Image.open(buffer).convert("RGB").quantize(colors=256).save(path, optimize=True)
-    return path
 
 
 def compute() -> dict[str, torch.Tensor]:

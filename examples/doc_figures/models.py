@@ -20,10 +20,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
+from _figures import ROOT, save_png
 
 from faceaux import create_model, list_models
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def input_size(name: str) -> tuple[int, int]:
@@ -89,8 +88,7 @@ def main(out_dir: str | Path) -> Path:
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     path = out_dir / "models_parameters.png"
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_png(fig, path)
     print("| model | input | D | parameters | trainable |")
     print("|---|---|---|---|---|")
     for r in sorted(rows, key=lambda r: r["name"]):

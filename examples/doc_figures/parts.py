@@ -17,7 +17,6 @@ Run: ``python examples/doc_figures/parts.py [out_dir]`` (default docs/img).
 
 from __future__ import annotations
 
-import io
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from _figures import ROOT, save_png
 
 from faceaux import (
     PartMaskPooling,
@@ -39,20 +38,9 @@ from faceaux import (
 from faceaux.data import PARSING_CLASSES
 from faceaux.models import create_model
 
-ROOT = Path(__file__).resolve().parents[2]
 PART_NAMES = ("skin", "l_eye", "r_eye", "nose", "upper_lip", "lower_lip")
 # Look the parts up by name: the same code works for a parser with another label order.
 PARTS = tuple(PARSING_CLASSES.index(name) for name in PART_NAMES)
-
-
-def save_png(fig: plt.Figure, path: Path) -> Path:
-    """Save at 80 dpi as a 256-colour palette PNG (keeps the file well under 150 KB)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, dpi=80, format="png")
-    plt.close(fig)
-    buffer.seek(0)
-    Image.open(buffer).convert("RGB").quantize(colors=256).save(path, optimize=True)
-    return path
 
 
 def compute() -> dict:

@@ -15,7 +15,6 @@ Run: ``python examples/doc_figures/pooling.py [out_dir]`` (default docs/img).
 
 from __future__ import annotations
 
-import io
 import sys
 from pathlib import Path
 
@@ -24,22 +23,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
-from PIL import Image
+from _figures import ROOT, save_png
 
 from faceaux import SyntheticFaces, norm_aware_reweight
 from faceaux.models import create_model
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def save_png(fig: plt.Figure, path: Path) -> Path:
-    """Save at 80 dpi as a 256-colour palette PNG (keeps the file well under 150 KB)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, dpi=80, format="png")
-    plt.close(fig)
-    buffer.seek(0)
-    Image.open(buffer).convert("RGB").quantize(colors=256).save(path, optimize=True)
-    return path
 
 
 def compute() -> dict:
