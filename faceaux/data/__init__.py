@@ -1,6 +1,7 @@
 """Datasets: the embedded synthetic face set, InsightFace verification files, image folders."""
 
 from faceaux.data.folders import ImageFolderFaces
+from faceaux.data.recordio import RecordFaces, RecordWriter, pack_folder
 from faceaux.data.synthetic import (
     PARSING_CLASSES,
     SYNTHETIC_ATTRIBUTES,
@@ -14,9 +15,12 @@ __all__ = [
     "PARSING_CLASSES",
     "SYNTHETIC_ATTRIBUTES",
     "ImageFolderFaces",
+    "RecordFaces",
+    "RecordWriter",
     "SyntheticFaces",
     "load_verification_bin",
     "make_pairs",
+    "pack_folder",
     "save_verification_bin",
     "split_identities",
 ]
