@@ -9,17 +9,41 @@ quality). Both come as a logits-in function taking ``(cosine, labels, norms)`` �
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
 
-from faceaux._checks import check_same_batch, check_tensor
-from faceaux.heads.margin import _LOW_PRECISION, check_labels, check_sizes, normalized_cosine
+from faceaux._checks import (
+    check_finite_float,
+    check_same_batch,
+    check_same_device,
+    check_tensor,
+    stable_vector_norm,
+)
+from faceaux.heads.margin import (
+    _LOW_PRECISION,
+    check_head_inputs,
+    check_labels,
+    check_margin_inputs,
+    check_sizes,
+    inputs_already_checked,
+    normalized_cosine,
+)
 
 
 def _check_norms(norms: object, cosine: torch.Tensor) -> None:
     check_tensor(norms, "norms", "(B,)", floating=True)
     check_same_batch(cosine, "cosine", norms, "norms")
+    check_same_device(cosine, "cosine", norms, "norms")
+
+
+def _check_adaface_margins(m: object, h: object, s: object, eps: object) -> None:
+    check_finite_float(m, "m")
+    check_finite_float(h, "h", positive=True)
+    check_finite_float(s, "s", positive=True)
+    if not (check_finite_float(eps, "eps", positive=True) < 0.5):
+        raise ValueError(f"eps: expected a clamp margin in (0, 0.5), received {eps!r}")
 
 
 def _check_margin_int(m: object) -> None:
@@ -77,7 +101,11 @@ def sphereface_logits(
     With ``lambda_ > 0`` the target is the annealed ``‖x‖·(λ·cos θ_y + ψ(θ_y)) / (1 + λ)`` of
     the authors' released training code (the L-Softmax scheme, Liu et al., ICML 2016);
     ``lambda_ = 0`` is exactly
-    ``‖x‖·ψ(θ_y)``. The target is computed in float32 for half-precision input.
+    ``‖x‖·ψ(θ_y)``. The target is computed in float32 for half-precision input. The logits have
+    the promoted dtype of ``cosine`` and ``norms`` (float32 for bf16 cosines under autocast with
+    float32 norms), since they grow with the norm, which half precision may not hold.
+    A label outside ``[0, C)`` (other than ``ignore_index``) or a NaN/inf cosine or norm raises
+    ``ValueError`` (one device→host read).
 
     Args:
         cosine: cosines between normalised embeddings and normalised centres.
@@ -103,9 +131,11 @@ def sphereface_logits(
     _check_margin_int(m)
     if not (lambda_ >= 0 and math.isfinite(lambda_)):
         raise ValueError(f"lambda_: expected a finite value ≥ 0, received {lambda_}")
+    check_margin_inputs(cosine, "cosine", labels, cosine.shape[1], ignore_index, (norms, "norms"))
     has_target = labels != ignore_index
     index = torch.where(has_target, labels, 0).long().unsqueeze(1)
     target = cosine.gather(1, index).squeeze(1)
+    out_dtype = torch.promote_types(cosine.dtype, norms.dtype)
     with torch.autocast(device_type=cosine.device.type, enabled=False):
         exact = target.float() if target.dtype in _LOW_PRECISION else target
         psi = sphereface_psi(exact, m)
@@ -113,8 +143,8 @@ def sphereface_logits(
             psi = (lambda_ * exact + psi) / (1.0 + lambda_)
         new_target = torch.where(has_target, psi, exact)
         scale = norms.to(exact.dtype)
-        new_target = (scale * new_target).to(cosine.dtype)
-    logits = cosine * norms.to(cosine.dtype).unsqueeze(1)
+        new_target = (scale * new_target).to(out_dtype)
+        logits = cosine.to(out_dtype) * norms.to(out_dtype).unsqueeze(1)
     return logits.scatter(1, index, new_target.unsqueeze(1))
 
 
@@ -202,17 +232,17 @@ class SphereFace(nn.Module):
         return max(self.lambda_min, decayed)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        check_tensor(
-            embeddings, "embeddings", "(B, D)", sizes=(None, self.embedding_size), floating=True
-        )
+        check_head_inputs(self, embeddings, labels, self.num_classes, self.ignore_index)
         cosine = normalized_cosine(embeddings, self.weight)
-        norms = torch.linalg.vector_norm(embeddings, dim=1)
+        norms = stable_vector_norm(embeddings, dim=1)  # no overflow for norms > 1e19
         if labels is None:
-            return cosine * norms.to(cosine.dtype).unsqueeze(1)
+            out_dtype = torch.promote_types(cosine.dtype, norms.dtype)
+            return cosine.to(out_dtype) * norms.to(out_dtype).unsqueeze(1)
         lambda_ = self.current_lambda() if self.training else 0.0
         if self.training:
             self.iteration += 1
-        return sphereface_logits(cosine, labels, norms, self.m, lambda_, self.ignore_index)
+        with inputs_already_checked():
+            return sphereface_logits(cosine, labels, norms, self.m, lambda_, self.ignore_index)
 
     def extra_repr(self) -> str:
         return (
@@ -242,7 +272,10 @@ def adaface_logits(
     g_add)``, the others ``s·cos θ_j``. High-norm (good quality) samples get an additive
     CosFace-like margin up to 2m, low-norm ones an ArcFace-like angular one. Cosines are clamped
     into ``[−1 + eps, 1 − eps]`` and norms into [0.001, 100] and detached, as in the authors'
-    code; the target is computed in float32 for half-precision input.
+    code; the target (its clamp included) is computed in float32 for half-precision input, so
+    cosines of exactly ±1 under bf16 autocast keep finite gradients. A label outside ``[0, C)``
+    (other than ``ignore_index``) or a NaN/inf cosine, norm or statistic raises ``ValueError``
+    (one device→host read).
 
     Args:
         cosine: cosines between normalised embeddings and normalised centres.
@@ -270,14 +303,30 @@ def adaface_logits(
     check_tensor(cosine, "cosine", "(B, C)", floating=True)
     check_labels(labels, cosine, "cosine")
     _check_norms(norms, cosine)
-    if not (s > 0 and math.isfinite(s)):
-        raise ValueError(f"s: expected a finite scale > 0, received {s}")
+    _check_adaface_margins(m, h, s, eps)
+    statistics = []
+    for name, value in (("batch_mean", batch_mean), ("batch_std", batch_std)):
+        if not isinstance(value, torch.Tensor):
+            check_finite_float(value, name)
+        elif not value.is_floating_point() or value.numel() != 1:
+            raise ValueError(
+                f"{name}: expected a float or a one-element floating tensor, received dtype "
+                f"{value.dtype} and shape {tuple(value.shape)}"
+            )
+        else:
+            statistics.append((value, name))
+    check_margin_inputs(
+        cosine, "cosine", labels, cosine.shape[1], ignore_index, (norms, "norms"), *statistics
+    )
     has_target = labels != ignore_index
     index = torch.where(has_target, labels, 0).long().unsqueeze(1)
-    cosine = cosine.clamp(-1 + eps, 1 - eps)
     target = cosine.gather(1, index).squeeze(1)
+    cosine = cosine.clamp(-1 + eps, 1 - eps)
     with torch.autocast(device_type=cosine.device.type, enabled=False):
+        # the clamp of the target runs in float32 or wider: in bf16, 1 − 1e-3 rounds back to 1,
+        # where acos has an infinite slope
         exact = target.float() if target.dtype in _LOW_PRECISION else target
+        exact = exact.clamp(-1 + eps, 1 - eps)
         safe_norms = norms.detach().to(exact.dtype).clamp(0.001, 100.0)
         z = ((safe_norms - batch_mean) / (batch_std + eps) * h).clamp(-1.0, 1.0)
         g_angle, g_add = -m * z, m * z + m
@@ -298,6 +347,12 @@ class AdaFaceMargin(nn.Module):
     starting values μ = 20, σ = 100), then applies :func:`adaface_logits`. In eval mode the
     statistics are frozen, like BatchNorm's (the authors' code always updates them). A batch of
     one norm leaves σ unchanged (its standard deviation is undefined).
+
+    The statistics never absorb a bad batch: every input is validated *before* the update (a
+    NaN/inf norm or cosine, or a label out of range, raises ``ValueError`` and leaves μ and σ as
+    they were), and an empty batch (``B = 0``) leaves them unchanged with a ``UserWarning``
+    (once per module). Where the data checks are skipped (``torch.compile``), an update that
+    would not be finite is dropped on the device instead, without a synchronisation.
 
     Pass it as ``PartialFC(margin_fn=AdaFaceMargin())``: PartialFC sees its ``norms``
     argument and passes the gathered embeddings' norms; every rank gathers the same norms, so
@@ -331,35 +386,57 @@ class AdaFaceMargin(nn.Module):
         super().__init__()
         if not 0.0 < t_alpha <= 1.0:
             raise ValueError(f"t_alpha: expected a momentum in (0, 1], received {t_alpha}")
-        if not (s > 0 and math.isfinite(s)):
-            raise ValueError(f"s: expected a finite scale > 0, received {s}")
+        _check_adaface_margins(m, h, s, eps)
         self.m, self.h, self.s, self.t_alpha, self.eps = m, h, s, t_alpha, eps
         self.ignore_index = ignore_index
         self.register_buffer("batch_mean", torch.tensor(20.0))
         self.register_buffer("batch_std", torch.tensor(100.0))
+        self._warned_empty = False
 
     def forward(
         self, cosine: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor
     ) -> torch.Tensor:
+        check_tensor(cosine, "cosine", "(B, C)", floating=True)
+        check_labels(labels, cosine, "cosine")
         _check_norms(norms, cosine)
-        if self.training:
-            with torch.no_grad():
-                safe = norms.detach().to(self.batch_mean.dtype).clamp(0.001, 100.0)
-                self.batch_mean.lerp_(safe.mean(), self.t_alpha)
-                if safe.numel() > 1:
-                    self.batch_std.lerp_(safe.std(), self.t_alpha)
-        return adaface_logits(
-            cosine,
-            labels,
-            norms,
-            self.batch_mean,
-            self.batch_std,
-            m=self.m,
-            h=self.h,
-            s=self.s,
-            eps=self.eps,
-            ignore_index=self.ignore_index,
+        check_margin_inputs(
+            cosine, "cosine", labels, cosine.shape[1], self.ignore_index, (norms, "norms")
         )
+        if self.training:
+            self._update_statistics(norms)
+        with inputs_already_checked():
+            return adaface_logits(
+                cosine,
+                labels,
+                norms,
+                self.batch_mean,
+                self.batch_std,
+                m=self.m,
+                h=self.h,
+                s=self.s,
+                eps=self.eps,
+                ignore_index=self.ignore_index,
+            )
+
+    @torch.no_grad()
+    def _update_statistics(self, norms: torch.Tensor) -> None:
+        """Eq. 6's running mean and std; an empty or non-finite batch leaves them unchanged."""
+        if norms.numel() == 0:
+            if not self._warned_empty:
+                warnings.warn(
+                    "AdaFaceMargin: an empty batch (B = 0) left the running norm statistics "
+                    "unchanged (this warning is shown once per module)",
+                    stacklevel=3,
+                )
+                self._warned_empty = True
+            return
+        safe = norms.detach().to(self.batch_mean.dtype).clamp(0.001, 100.0)
+        updates = [(self.batch_mean, safe.mean())]
+        if safe.numel() > 1:
+            updates.append((self.batch_std, safe.std()))
+        for statistic, batch_value in updates:
+            updated = statistic.lerp(batch_value, self.t_alpha)
+            statistic.copy_(torch.where(torch.isfinite(updated), updated, statistic))
 
     def extra_repr(self) -> str:
         return f"m={self.m}, h={self.h}, s={self.s}, t_alpha={self.t_alpha}"
@@ -410,14 +487,13 @@ class AdaFace(nn.Module):
         self.margin = AdaFaceMargin(m=m, h=h, s=s, t_alpha=t_alpha)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        check_tensor(
-            embeddings, "embeddings", "(B, D)", sizes=(None, self.embedding_size), floating=True
-        )
+        check_head_inputs(self, embeddings, labels, self.num_classes, self.margin.ignore_index)
         cosine = normalized_cosine(embeddings, self.weight)
         if labels is None:
             return cosine * self.margin.s
-        norms = torch.linalg.vector_norm(embeddings, dim=1)
-        return self.margin(cosine, labels, norms)
+        norms = stable_vector_norm(embeddings, dim=1)
+        with inputs_already_checked():
+            return self.margin(cosine, labels, norms)
 
     def extra_repr(self) -> str:
         return f"embedding_size={self.embedding_size}, num_classes={self.num_classes}"

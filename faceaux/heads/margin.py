@@ -16,14 +16,27 @@ embeddings in forward, and return logits for ``F.cross_entropy``. The feature-no
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from faceaux._checks import check_positive_int, check_same_batch, check_tensor
+from faceaux._checks import (
+    check_module_input,
+    check_positive_int,
+    check_same_batch,
+    check_same_device,
+    check_tensor,
+    data_checks_enabled,
+    finite_check,
+    label_check,
+    raise_bad_data,
+    stable_normalize,
+)
 
 MarginGrad = Literal["exact", "straight_through"]
 MARGIN_GRADS: tuple[str, ...] = ("exact", "straight_through")
@@ -31,11 +44,55 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def check_labels(labels: object, batch_of: torch.Tensor, batch_name: str) -> None:
-    """``labels`` must be an integer tensor ``(B,)`` with the batch size of ``batch_of``."""
+    """``labels`` must be an integer tensor ``(B,)`` with the batch size and device of ``batch_of``.
+
+    Shapes and dtypes only; the range of the values is checked by :func:`check_inputs`.
+    """
     check_tensor(labels, "labels", "(B,)")
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise ValueError(f"labels: expected an integer tensor, received dtype {labels.dtype}")
     check_same_batch(batch_of, batch_name, labels, "labels")
+    check_same_device(batch_of, batch_name, labels, "labels")
+
+
+_INPUTS_CHECKED = contextvars.ContextVar("faceaux_margin_inputs_checked", default=False)
+
+
+@contextlib.contextmanager
+def inputs_already_checked() -> Iterator[None]:
+    """Within this block the logits-in functions skip their data checks.
+
+    A head that has already read its embeddings and labels (in one device→host transfer) passes
+    cosines it computed itself to the margin function; reading them again would cost a second
+    synchronisation per step on a GPU.
+    """
+    token = _INPUTS_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _INPUTS_CHECKED.reset(token)
+
+
+def check_margin_inputs(
+    values: torch.Tensor,
+    values_name: str,
+    labels: torch.Tensor,
+    num_classes: int,
+    ignore_index: int | None,
+    *extra: tuple[torch.Tensor, str],
+) -> None:
+    """The data checks of a margin head, read in one transfer: finite values, labels in range.
+
+    ``values`` (embeddings or cosines) and every ``(tensor, name)`` in ``extra`` must be finite;
+    labels must lie in ``[0, num_classes)`` or equal ``ignore_index``. Skipped under
+    :func:`inputs_already_checked`, ``torch.compile``, tracing and for meta tensors.
+    """
+    if not data_checks_enabled(values, labels) or _INPUTS_CHECKED.get():
+        return
+    checks = [finite_check(values, values_name)]
+    checks += [finite_check(tensor, name) for tensor, name in extra]
+    checks.append(label_check(labels, num_classes, ignore_index))
+    raise_bad_data(checks)
 
 
 def check_margins(s: float, m1: float, m2: float, m3: float) -> None:
@@ -129,6 +186,11 @@ def margin_logits(
     option) and there is no fallback. When ``m1 = 1`` and ``m2 = 0`` (CosFace) no angle is
     computed at all: the target is ``s·(cos θ − m3)`` exactly.
 
+    Validation: besides shapes and dtypes, a label outside ``[0, C)`` (other than
+    ``ignore_index``) or a NaN/inf cosine raises ``ValueError``; both are read from the device
+    in one transfer (free on the CPU, one synchronisation per call on a GPU; skipped under
+    ``torch.compile``). An empty batch ``B = 0`` gives empty ``(0, C)`` logits.
+
     Gradients (``margin_grad``):
         ``"exact"`` — the true derivative through the margin (and through the clamp, so a cosine
         of exactly ±1 gets zero gradient on its target entry). Derivative of the target
@@ -181,6 +243,7 @@ def margin_logits(
             "interclass_filtering_threshold: expected a value in [0, 1], received "
             f"{interclass_filtering_threshold}"
         )
+    check_margin_inputs(cosine, "cosine", labels, cosine.shape[1], ignore_index)
 
     has_target = labels != ignore_index
     index = torch.where(has_target, labels, 0).long().unsqueeze(1)  # (B, 1)
@@ -205,6 +268,33 @@ def margin_logits(
 
     logits = cosine * s
     return logits.scatter_(1, index, new_target.unsqueeze(1))
+
+
+def check_head_inputs(
+    head: nn.Module,
+    embeddings: object,
+    labels: object | None,
+    num_classes: int,
+    ignore_index: int | None,
+) -> None:
+    """Everything a head checks on its inputs, with the data read in one transfer.
+
+    ``embeddings (B, D)`` with ``D = head.embedding_size``, floating, of the dtype of the head's
+    parameters outside autocast, finite; ``labels`` (optional) integer ``(B,)`` on the same
+    device, in ``[0, num_classes)`` or ``ignore_index``.
+    """
+    check_tensor(
+        embeddings, "embeddings", "(B, D)", sizes=(None, head.embedding_size), floating=True
+    )
+    check_module_input(embeddings, "embeddings", head)
+    if labels is not None:
+        check_labels(labels, embeddings, "embeddings")
+    if not data_checks_enabled(embeddings):
+        return
+    checks = [finite_check(embeddings, "embeddings")]
+    if labels is not None:
+        checks.append(label_check(labels, num_classes, ignore_index))
+    raise_bad_data(checks)
 
 
 def check_sizes(embedding_size: int, num_classes: int) -> None:
@@ -263,11 +353,13 @@ def normalized_cosine(embeddings: torch.Tensor, weight: torch.Tensor) -> torch.T
     """Cosines ``(B, C)`` between embeddings ``(B, D)`` and class centres ``(C, D)``.
 
     Equal to ``F.linear(F.normalize(embeddings), F.normalize(weight))`` in value and gradient,
-    and faster for many classes (see ``_CosineToCentres``). Under autocast the product runs in
-    the autocast dtype, as ``F.linear`` would, with the centre norms in float32.
+    and faster for many classes (see ``_CosineToCentres``); the embeddings' norms are computed
+    without overflow (``F.normalize`` turns an embedding of magnitude 1e20 into zeros). Under
+    autocast the product runs in the autocast dtype, as ``F.linear`` would, with the centre
+    norms in float32.
     """
     device_type = embeddings.device.type
-    unit = F.normalize(embeddings, dim=1)
+    unit = stable_normalize(embeddings, dim=1)  # no overflow for embeddings of norm > 1e19
     if torch.is_autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)
         unit, weight = unit.to(dtype), weight.to(dtype)
@@ -338,29 +430,36 @@ class CombinedMargin(nn.Module):
         self.weight = nn.Parameter(torch.empty(num_classes, embedding_size))
         nn.init.normal_(self.weight, std=0.01)
 
+    def _check_inputs(self, embeddings: torch.Tensor, labels: torch.Tensor | None) -> None:
+        """Shapes, dtypes, finite embeddings and labels in ``[0, C)`` (or ``ignore_index``)."""
+        check_head_inputs(self, embeddings, labels, self.num_classes, self.ignore_index)
+
     def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Cosines ``(B, C)`` between the embeddings ``(B, D)`` and every class centre."""
-        check_tensor(
-            embeddings, "embeddings", "(B, D)", sizes=(None, self.embedding_size), floating=True
-        )
+        self._check_inputs(embeddings, None)
+        return self._cosine(embeddings)
+
+    def _cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
         return normalized_cosine(embeddings, self.weight)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        cosine = self.cosine(embeddings)
+        self._check_inputs(embeddings, labels)
+        cosine = self._cosine(embeddings)
         if labels is None:
             return cosine * self.s
-        return margin_logits(
-            cosine,
-            labels,
-            s=self.s,
-            m1=self.m1,
-            m2=self.m2,
-            m3=self.m3,
-            easy_margin=self.easy_margin,
-            margin_grad=self.margin_grad,
-            interclass_filtering_threshold=self.interclass_filtering_threshold,
-            ignore_index=self.ignore_index,
-        )
+        with inputs_already_checked():
+            return margin_logits(
+                cosine,
+                labels,
+                s=self.s,
+                m1=self.m1,
+                m2=self.m2,
+                m3=self.m3,
+                easy_margin=self.easy_margin,
+                margin_grad=self.margin_grad,
+                interclass_filtering_threshold=self.interclass_filtering_threshold,
+                ignore_index=self.ignore_index,
+            )
 
     def extra_repr(self) -> str:
         return (
@@ -467,10 +566,8 @@ class NormSoftmax(CombinedMargin):
         super().__init__(embedding_size, num_classes, s, 1.0, 0.0, 0.0)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        cosine = self.cosine(embeddings)
-        if labels is not None:
-            check_labels(labels, embeddings, "embeddings")
-        return cosine * self.s
+        self._check_inputs(embeddings, labels)
+        return self._cosine(embeddings) * self.s
 
 
 class SubCenterArcFace(CombinedMargin):
@@ -520,11 +617,8 @@ class SubCenterArcFace(CombinedMargin):
         self.weight = nn.Parameter(torch.empty(num_classes, k, embedding_size))
         nn.init.normal_(self.weight, std=0.01)
 
-    def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
+    def _cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Cosines ``(B, C)``: for each class, the largest over its ``k`` sub-centres."""
-        check_tensor(
-            embeddings, "embeddings", "(B, D)", sizes=(None, self.embedding_size), floating=True
-        )
         flat = normalized_cosine(embeddings, self.weight.flatten(0, 1))  # (B, C·k)
         return flat.unflatten(1, (self.num_classes, self.k)).amax(dim=2)
 

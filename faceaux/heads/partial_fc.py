@@ -27,16 +27,27 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from faceaux._checks import check_tensor
+from faceaux._checks import (
+    DataCheck,
+    check_module_input,
+    check_tensor,
+    data_checks_enabled,
+    finite_check,
+    label_check,
+    raise_bad_data,
+    stable_vector_norm,
+)
 from faceaux.heads.margin import (
     _LOW_PRECISION,
     check_labels,
     check_sizes,
+    inputs_already_checked,
     margin_logits,
     normalized_cosine,
 )
 
 STATE_FORMAT = "faceaux.PartialFC/1"
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def shard_range(num_classes: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -104,20 +115,43 @@ class _ShardedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, labels, group, distributed):
         z = logits.float() if logits.dtype in _LOW_PRECISION else logits.clone()
-        rows = z.shape[0]
+        rows, columns = z.shape
+        ctx.logits_dtype = logits.dtype
+        if rows == 0:  # every rank has N = 0 (N is global): a zero loss, no communication
+            ctx.save_for_backward(z, labels.long().unsqueeze(1), labels >= 0)
+            return z.sum()
+        # -1 means "target on another shard"; anything else outside [0, C_local) is an error,
+        # which is counted here (no gather out of bounds) and reported after the all-reduce
+        invalid = (labels < -1) | (labels >= columns)
+        has_target = (labels >= 0) & ~invalid
+        not_finite = ~torch.isfinite(z).all(dim=1)
         row_max = z.amax(dim=1)
         if distributed:
             dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
         z.sub_(row_max.unsqueeze(1)).exp_()  # z now holds exp(logit − max)
-        has_target = labels >= 0
         index = torch.where(has_target, labels, 0).long().unsqueeze(1)
         shifted_target = (logits.gather(1, index).squeeze(1).to(z.dtype) - row_max) * has_target
-        # one all-reduce for the three row statistics: sum of exp, target logit, has-a-target
-        stats = torch.stack([z.sum(dim=1), shifted_target, has_target.to(z.dtype)], dim=1)
+        # one all-reduce for the row statistics: sum of exp, target logit, has-a-target, and the
+        # two error counts (so that every rank sees every rank's bad input and raises the same)
+        columns_of_stats = [z.sum(dim=1), shifted_target, has_target, invalid, not_finite]
+        stats = torch.stack([column.to(z.dtype) for column in columns_of_stats], dim=1)
         if distributed:
             dist.all_reduce(stats, op=dist.ReduceOp.SUM, group=group)
-        sum_exp, shifted_target, targets_found = stats.unbind(dim=1)
-        if rows and not bool((targets_found == 1).all()):
+        sum_exp, shifted_target, targets_found, invalid, not_finite = stats.unbind(dim=1)
+        errors = torch.stack(
+            [invalid.sum(), not_finite.count_nonzero(), (targets_found != 1).sum()]
+        ).tolist()  # the one device→host read
+        if errors[0]:
+            raise ValueError(
+                f"labels: expected each row's target column in [0, C_local) or -1 (target on "
+                f"another rank), received {int(errors[0])} rows outside it"
+            )
+        if errors[1]:
+            raise ValueError(
+                f"logits: expected finite values, received NaN/inf in {int(errors[1])} of "
+                f"{rows} rows"
+            )
+        if errors[2]:
             raise ValueError(
                 "labels: every row needs its target class on exactly one shard: expected labels "
                 "in [0, num_classes)"
@@ -125,7 +159,6 @@ class _ShardedCrossEntropy(torch.autograd.Function):
         loss = (sum_exp.log() - shifted_target).mean()
         z.div_(sum_exp.unsqueeze(1))  # softmax probabilities of this shard's classes
         ctx.save_for_backward(z, index, has_target)
-        ctx.logits_dtype = logits.dtype
         return loss  # float32 for half-precision logits, as F.cross_entropy under autocast
 
     @staticmethod
@@ -149,6 +182,13 @@ def sharded_cross_entropy(
     communication.
     Without ``torch.distributed`` initialised it is the ordinary cross-entropy.
 
+    Bad input raises ``ValueError`` on every rank together (the error counts travel in the
+    statistics all-reduce): a label outside ``[-1, C_local)``, NaN/inf logits, a row whose
+    target is on no rank or on two. Called directly in a distributed run, it first exchanges each
+    rank's shape/dtype validity and ``N`` (one small all-gather), so that a malformed call on
+    one rank does not leave the others waiting. ``N = 0`` gives a zero loss that
+    back-propagates.
+
     Args:
         logits: this rank's logits for all ``N`` rows of the global batch.
         labels: the target's column in this rank's logits, or −1 when the target lives on another
@@ -167,9 +207,76 @@ def sharded_cross_entropy(
         >>> torch.allclose(sharded_cross_entropy(logits, labels), F.cross_entropy(logits, labels))
         True
     """
-    check_tensor(logits, "logits", "(N, C_local)", floating=True)
-    check_labels(labels, logits, "logits")
-    return _ShardedCrossEntropy.apply(logits, labels, process_group, _is_distributed())
+    distributed = _is_distributed()
+    try:
+        check_tensor(logits, "logits", "(N, C_local)", floating=True)
+        if logits.shape[1] == 0:
+            raise ValueError(
+                f"logits: expected at least one class column (N, C_local), received shape "
+                f"{tuple(logits.shape)}"
+            )
+        check_labels(labels, logits, "logits")
+        message = None
+    except ValueError as error:
+        if not distributed:
+            raise
+        message = str(error)
+    if distributed:  # every rank must enter the all-reduces with the same N, or raise together
+        rows = logits.shape[0] if message is None else -1
+        local = torch.tensor(
+            [int(message is not None), rows], device=_exchange_device(process_group)
+        )
+        table = _agree_or_raise(
+            local, 1, lambda row: message, process_group, "sharded_cross_entropy"
+        )
+        if len({row[0] for row in table}) > 1:
+            raise ValueError(
+                f"logits: expected the same number of rows N (the global batch) on every rank, "
+                f"received {[row[0] for row in table]} by rank"
+            )
+    return _ShardedCrossEntropy.apply(logits, labels, process_group, distributed)
+
+
+def _exchange_device(process_group) -> torch.device:
+    """Where a small tensor for a collective must live: CUDA for NCCL, else the CPU."""
+    if dist.get_backend(process_group) == dist.Backend.NCCL:
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _agree_or_raise(
+    local: torch.Tensor,
+    num_flags: int,
+    describe: Callable[[list[int]], str | None],
+    process_group,
+    caller: str,
+) -> list[list[int]]:
+    """All-gather every rank's ``local`` row; if any rank flags an error, every rank raises it.
+
+    ``local`` is an int64 vector ``[flag_1 … flag_k, value_1 …]`` (``k = num_flags``): error
+    counts (non-zero = bad input on that rank), then values to exchange (the batch size). A rank
+    with bad input must not raise alone: the others would wait in the next collective until the
+    process-group timeout (10–30 minutes by default). When any flag is set, the ranks exchange
+    their messages (``all_gather_object``, only on this error path; ``describe`` builds this
+    rank's message from its own gathered row, or returns None) and every rank raises the same
+    ``ValueError``: the first bad rank's message, naming that rank.
+
+    Returns:
+        Every rank's values (the row after the flags), in rank order.
+    """
+    parts = [torch.empty_like(local) for _ in range(dist.get_world_size(process_group))]
+    dist.all_gather(parts, local, group=process_group)
+    table = torch.stack(parts).tolist()  # the one device→host read
+    bad = [rank for rank, row in enumerate(table) if any(row[:num_flags])]
+    if bad:
+        mine = describe(table[dist.get_rank(process_group)])
+        messages: list[str | None] = [None] * len(table)
+        dist.all_gather_object(messages, mine, group=process_group)
+        raise ValueError(
+            f"{messages[bad[0]]} [rank {bad[0]} of {len(table)}; {caller} raises this error on "
+            "every rank]"
+        )
+    return [row[num_flags:] for row in table]
 
 
 MarginFn = Callable[..., torch.Tensor]
@@ -209,6 +316,14 @@ class PartialFC(nn.Module):
     ``norms`` argument (e.g. :class:`AdaFaceMargin`, ``partial(sphereface_logits, m=4)``) it
     also gets the gathered embeddings' L2 norms ``(N,)``. An ``nn.Module`` margin is registered
     as a sub-module, so its buffers are saved.
+
+    **Bad input and empty batches.** Every rank checks its own input (shapes, dtype, NaN/inf
+    embeddings, labels outside ``[0, num_classes)``) and sends the result along with its batch
+    size in the size exchange that happens anyway; if any rank's input is bad, *every* rank
+    raises the same ``ValueError`` (naming the argument and the bad rank) at once — no rank is
+    left waiting in a collective. A rank may hold ``B = 0`` while others do not; when the
+    global batch is empty (``N = 0`` on every rank) the loss is an exact 0 that still
+    back-propagates (zero gradients).
 
     **State dict format.** ``weight`` — this rank's centres ``(C_local, D)``; ``_extra_state`` —
     ``{"format": "faceaux.PartialFC/1", "num_classes", "embedding_size", "rank", "world_size",
@@ -300,19 +415,17 @@ class PartialFC(nn.Module):
             ``logits``, −1 when it is on another rank) and ``class_ids (C_sampled,)`` (the global
             class of each column). ``C_sampled`` is ``C_local`` at ``sample_rate=1``.
         """
-        check_tensor(
-            embeddings, "embeddings", "(B, D)", sizes=(None, self.embedding_size), floating=True
-        )
-        check_labels(labels, embeddings, "embeddings")
+        message, checks = self._check_inputs(embeddings, labels)
         if self.distributed:
-            sizes_local = torch.tensor([embeddings.shape[0]], device=embeddings.device)
-            sizes = [torch.zeros_like(sizes_local) for _ in range(self.world_size)]
-            dist.all_gather(sizes, sizes_local, group=self.process_group)
-            sizes = [int(n) for n in torch.cat(sizes).tolist()]
+            sizes = self._exchange_sizes(embeddings, message, checks)
             embeddings = _AllGatherWithGrad.apply(
                 embeddings, sizes, self.rank, self.process_group, self.embedding_grad_scale
             )
             labels = _gather_padded(labels, sizes, self.process_group)
+        else:
+            if message is not None:
+                raise ValueError(message)
+            raise_bad_data(checks)
         labels = labels.long()
         in_shard = (labels >= self.class_start) & (labels < self.class_stop)
         local_labels = torch.where(in_shard, labels - self.class_start, -1)
@@ -324,12 +437,71 @@ class PartialFC(nn.Module):
         else:
             index = torch.arange(self.num_local, device=weight.device)
         cosine = normalized_cosine(embeddings, weight)
-        if self._margin_takes_norms:
-            norms = torch.linalg.vector_norm(embeddings, dim=1)
-            logits = self.margin_fn(cosine, local_labels, norms=norms)
-        else:
-            logits = self.margin_fn(cosine, local_labels)
+        with inputs_already_checked():  # validated above, on every rank: no second read
+            if self._margin_takes_norms:
+                norms = stable_vector_norm(embeddings, dim=1)
+                logits = self.margin_fn(cosine, local_labels, norms=norms)
+            else:
+                logits = self.margin_fn(cosine, local_labels)
         return logits, local_labels, index + self.class_start
+
+    def _check_inputs(
+        self, embeddings: object, labels: object
+    ) -> tuple[str | None, list[DataCheck]]:
+        """The shape/dtype error message (or None) and the data checks of this rank's input."""
+        try:
+            check_tensor(
+                embeddings,
+                "embeddings",
+                "(B, D)",
+                sizes=(None, self.embedding_size),
+                floating=True,
+            )
+            check_module_input(embeddings, "embeddings", self)
+            check_labels(labels, embeddings, "embeddings")
+        except ValueError as error:
+            return str(error), []
+        if not data_checks_enabled(embeddings):
+            return None, []
+        return None, [finite_check(embeddings, "embeddings"), label_check(labels, self.num_classes)]
+
+    def _exchange_sizes(
+        self, embeddings: torch.Tensor, message: str | None, checks: list[DataCheck]
+    ) -> list[int]:
+        """All-gather every rank's batch size together with its input's validity.
+
+        The size exchange happens anyway (ranks may hold different batch sizes); it also carries
+        each rank's shape/dtype error flag, the counts of its data checks (NaN/inf embeddings,
+        labels out of range) and its embeddings' dtype, so a bad input on one rank makes every
+        rank raise the same ``ValueError`` at once instead of leaving the others waiting in the
+        next collective. No extra synchronisation: the sizes are read on the host anyway.
+        """
+        device = self.weight.device
+        zero = torch.zeros((), dtype=torch.int64, device=device)
+        counts = [count.to(device=device, dtype=torch.int64) for count, _ in checks]
+        counts += [zero] * (2 - len(counts))
+        if message is None:
+            batch = embeddings.shape[0]
+            dtype_code = _DTYPES.index(embeddings.dtype) if embeddings.dtype in _DTYPES else -1
+        else:
+            batch, dtype_code = 0, -1
+        head = torch.tensor([int(message is not None)], dtype=torch.int64, device=device)
+        tail = torch.tensor([batch, dtype_code], dtype=torch.int64, device=device)
+        local = torch.cat([head, torch.stack(counts), tail])
+
+        def describe(row: list[int]) -> str | None:
+            if message is not None:
+                return message
+            failed = [build(n) for (_, build), n in zip(checks, row[1:3], strict=False) if n]
+            return failed[0] if failed else None
+
+        table = _agree_or_raise(local, 3, describe, self.process_group, "PartialFC")
+        if len({row[1] for row in table}) > 1:
+            names = [str(_DTYPES[row[1]]) if row[1] >= 0 else "?" for row in table]
+            raise ValueError(
+                f"embeddings: expected the same dtype on every rank, received {names} by rank"
+            )
+        return [row[0] for row in table]
 
     def sample_classes(self, local_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pick this step's centres: all positives of the batch plus random negatives.
