@@ -13,7 +13,12 @@ from collections.abc import Sequence
 
 from faceaux import __version__
 
-SUBCOMMAND_MODULES: tuple[str, ...] = ("faceaux.demo", "faceaux.bench")
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "faceaux.demo",
+    "faceaux.bench",
+    "faceaux.train.command",
+    "faceaux.pack",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
