@@ -18,6 +18,8 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "faceaux.bench",
     "faceaux.train.command",
     "faceaux.pack",
+    "faceaux.evaluate",
+    "faceaux.export",
 )
 
 
