@@ -1,30 +1,42 @@
-"""Procedurally rendered synthetic faces with full ground truth, for offline sanity checks.
+"""Procedurally rendered synthetic faces with full ground truth, for offline experiments.
 
-``SyntheticFaces`` draws cartoon faces in pure torch: every identity has its own geometry (face
-shape, jaw, eye size and spacing, brows, nose, mouth, skin tone, hair) and every image its own
-head pose (yaw, pitch, roll rendered as a perspective warp, with nose parallax), misalignment,
-expression, illumination, blur and noise. Each sample carries the ground truth the library's
-layers can use: 68-point landmarks in pixels, an 11-class parsing map, the seven identity-stable
-attributes of Table 1 of multitask-face-attributes.txt derived from the identity's geometry, and
-the warp matrix that was applied.
+``SyntheticFaces`` renders faces of a 3-D head model in pure torch (``faceaux.data._head``):
+every identity has its own global shape and colouring (face width, height and depth, jaw taper,
+skin tone, hair colour and style, sex) and its own part detail (eye shape, tilt, iris colour and
+texture, brows, nose length, width, protrusion and nostrils, mouth width, lip thickness, cupid's
+bow, lip colour and texture, a mole); every image its own head pose (yaw up to ±90°, pitch, roll)
+with self-occlusion, expression (mouth opening, smile, brow raise, frown, blinks, gaze),
+misalignment of the crop (scale, rotation, shift, perspective), illumination, blur and noise.
+Each sample carries the ground truth the library's layers can use: 68-point landmarks and their
+visibility, an 11-class parsing map (Helen's classes), the seven identity-stable attributes of
+Table 1 of multitask-face-attributes.txt, image-dependent nuisance attributes, the pose and the
+applied warp.
 
-Rendering is vectorised over a batch of images (no per-pixel or per-image Python loops); the
-whole set is rendered once at construction, in chunks, and cached as ``uint8`` tensors.
+Random quantities are counter-based (a hash of what they belong to, see
+``faceaux.data._counter_random``): identity ``i`` of a ``seed`` is the same face in every set,
+whatever its size, and image ``j`` of identity ``i`` depends only on ``image_seed`` and the
+arguments that shape images. Rendering is vectorised over a chunk of images and their pixels.
 
-The set is a check of wiring and of each layer's signal, not a benchmark: see the README section
+The set is a controlled world for checking that each layer's mechanism does what its paper
+claims under its condition, not a benchmark of real-world accuracy: see the README section
 "What the synthetic set can and cannot tell".
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from faceaux._checks import check_positive_int
+from faceaux.data import _head
+from faceaux.data._counter_random import counter_normal, counter_uniform
+
 __all__ = [
+    "NUISANCE_ATTRIBUTES",
     "PARSING_CLASSES",
     "SYNTHETIC_ATTRIBUTES",
     "SyntheticFaces",
@@ -35,7 +47,8 @@ __all__ = [
 #: Parsing labels, in label order: Helen's 11 classes in Helen's order (so FSENet's default parts,
 #: ``faceaux.models.fsenet.FSENET_PARTS``, pick the same regions here). "l_" and "r_" are the
 #: *image*-left and image-right parts of an upright frontal face (the subject's right and left),
-#: matching landmark points 36-41 (l_eye) and 42-47 (r_eye) of the 68-point iBUG layout.
+#: matching landmark points 36-41 (l_eye) and 42-47 (r_eye) of the 68-point iBUG layout; they
+#: keep their anatomical side when the head turns.
 PARSING_CLASSES: tuple[str, ...] = (
     "background",
     "skin",
@@ -51,7 +64,7 @@ PARSING_CLASSES: tuple[str, ...] = (
 )
 
 #: The attributes of Table 1 of multitask-face-attributes.txt, in that table's order (the
-#: CelebA column names).
+#: CelebA column names). Identity-stable: thresholds of identity parameters.
 SYNTHETIC_ATTRIBUTES: tuple[str, ...] = (
     "Narrow_Eyes",
     "Big_Nose",
@@ -62,61 +75,111 @@ SYNTHETIC_ATTRIBUTES: tuple[str, ...] = (
     "Male",
 )
 
-# Images are rendered in chunks of this many; the per-chunk random streams are seeded from
-# (seed, chunk index), so the output does not depend on anything but the constructor arguments.
-_CHUNK = 128
+#: Image-dependent nuisance attributes (``SyntheticFaces.nuisance``), 0/1, in this order:
+#: mouth opening above 0.02 head units (CelebA's ``Mouth_Slightly_Open``), smile (mouth corners
+#: raised) above 0.015 (CelebA's ``Smiling``), eye opening below 40 % (``Eyes_Closed``), and a
+#: light more than 31° off the camera axis with ambient light below 0.6 (``Harsh_Light``).
+NUISANCE_ATTRIBUTES: tuple[str, ...] = (
+    "Mouth_Slightly_Open",
+    "Smiling",
+    "Eyes_Closed",
+    "Harsh_Light",
+)
 
-# Perspective depth of the face plane (normalised image units) used for yaw/pitch.
-_CAMERA_DISTANCE = 3.0
-# The face is drawn on a canonical canvas of _CANVAS² pixels spanning [-_EXTENT, _EXTENT]
-# (canonical units: the face is about 1.1 wide), then warped into the image with a base zoom.
-_CANVAS = 128
-_EXTENT = 1.2
-_ZOOM = 1.3
+# Counter-random streams: identity parameters, image parameters, pixel noise.
+_IDENTITY_STREAM, _IMAGE_STREAM, _NOISE_STREAM = 1, 2, 3
+# Chunks hold about this many pixels (images × H × W), so temporaries stay in cache.
+_CHUNK_PIXELS = 1 << 19
+# |yaw| range (degrees) at pose = 1, as the planar renderer before (0.6 rad).
+_YAW_AT_POSE_1 = math.degrees(0.6)
 
 
-def _uniform(gen: torch.Generator, n: int, low: float, high: float) -> torch.Tensor:
-    return low + (high - low) * torch.rand(n, generator=gen)
+class _Draws:
+    """Successive counter-random parameters for a batch of keys (one stream per draw)."""
+
+    def __init__(self, *keys: int | torch.Tensor) -> None:
+        self.keys = keys
+        self.count = 0
+
+    def uniform(self, low: float = 0.0, high: float = 1.0, k: int | None = None) -> torch.Tensor:
+        self.count += 1
+        keys = (
+            self.keys
+            if k is None
+            else (
+                *[t[:, None] if isinstance(t, torch.Tensor) else t for t in self.keys],
+                torch.arange(k),
+            )
+        )
+        return low + (high - low) * counter_uniform(*keys, self.count)
+
+    def normal(self, k: int) -> torch.Tensor:
+        self.count += 1
+        keys = [t[:, None] if isinstance(t, torch.Tensor) else t for t in self.keys]
+        return counter_normal(*keys, torch.arange(k), self.count)
 
 
-def _identity_params(num_identities: int, seed: int) -> dict[str, torch.Tensor]:
-    """Per-identity geometry and colours, all in normalised units (the image spans [-1, 1])."""
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + 17)
-    n = num_identities
-    u = lambda lo, hi: _uniform(gen, n, lo, hi)  # noqa: E731
-    male = (torch.rand(n, generator=gen) < 0.5).float()
+def _identity_params(identities: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
+    """Per-identity parameters ``(I,)`` / ``(I, 3)`` in head units, from ``(seed, identity)``.
+
+    Global (the whole face): ``male``, ``face_a``/``face_b`` (outline half-width/-height),
+    ``face_depth`` (depth/width), ``jaw_taper``, ``face_cy``, ``skin``, ``hair``,
+    ``hair_volume``, ``hairline``, ``long_hair``, ``double_chin``, ``cheekbones``.
+    Local (one part each): eyes ``eye_sp``, ``eye_y``, ``eye_w``, ``eye_ratio``, ``eye_tilt``,
+    ``iris``, ``iris_size``, ``iris_texture``, ``iris_phase``; brows ``brow_gap``,
+    ``brow_thick``, ``brow_arch``, ``brow_len``, ``brow_texture``; nose ``nose_len``,
+    ``nose_w``, ``nose_tip``, ``nose_tilt``, ``nostril``; mouth ``mouth_gap``, ``mouth_w``,
+    ``lip_up``, ``lip_low``, ``lip_bow``, ``lip``, ``lip_texture``; a mole ``mole``,
+    ``mole_x``, ``mole_y``, ``mole_r``.
+    """
+    d = _Draws(seed, _IDENTITY_STREAM, identities)
+    male = (d.uniform() < 0.5).float()
     p: dict[str, torch.Tensor] = {"male": male}
-    p["face_a"] = u(0.44, 0.58) + 0.03 * male
-    p["face_b"] = u(0.62, 0.74)
-    p["jaw_taper"] = u(0.10, 0.45) - 0.08 * male
-    p["face_cy"] = u(0.04, 0.10)
-    p["eye_sp"] = u(0.18, 0.27)
-    p["eye_y"] = u(-0.13, -0.03)
-    p["eye_w"] = u(0.075, 0.11)
-    p["eye_ratio"] = u(0.28, 0.62)
-    p["brow_gap"] = u(0.07, 0.13)
-    p["brow_thick"] = u(0.016, 0.034) + 0.012 * male
-    p["brow_arch"] = u(0.0, 0.045)
-    p["brow_len"] = u(1.1, 1.5)
-    p["nose_len"] = u(0.17, 0.29)
-    p["nose_w"] = u(0.055, 0.115)
-    p["nose_tip"] = u(0.0, 0.05)
-    p["mouth_gap"] = u(0.09, 0.15)
-    p["mouth_w"] = u(0.13, 0.22)
-    p["lip_up"] = u(0.02, 0.045)
-    p["lip_low"] = u(0.03, 0.06)
-    p["hairline"] = u(-0.62, -0.40)
-    p["hair_volume"] = u(0.04, 0.14)
-    p["long_hair"] = ((torch.rand(n, generator=gen) < 0.8) & (male == 0)).float()
-    p["double_chin"] = u(0.0, 1.0)
-    p["cheekbones"] = u(0.0, 1.0)
-    # Colours: skin along a light-to-dark continuum with a small hue jitter; hair from anchors.
-    tone = torch.rand(n, generator=gen)
+    p["face_a"] = d.uniform(0.44, 0.58) + 0.03 * male
+    p["face_b"] = d.uniform(0.62, 0.74)
+    p["jaw_taper"] = d.uniform(0.10, 0.45) - 0.08 * male
+    p["face_cy"] = d.uniform(0.04, 0.10)
+    p["face_depth"] = d.uniform(0.80, 1.00)
+    p["eye_sp"] = d.uniform(0.18, 0.27)
+    p["eye_y"] = d.uniform(-0.13, -0.03)
+    p["eye_w"] = d.uniform(0.075, 0.11)
+    p["eye_ratio"] = d.uniform(0.28, 0.62)
+    p["eye_tilt"] = d.uniform(-0.15, 0.20)
+    p["iris_size"] = d.uniform(0.45, 0.65)
+    p["iris_texture"] = d.uniform(15.0, 45.0)
+    p["iris_phase"] = d.uniform(0.0, 2 * math.pi)
+    p["brow_gap"] = d.uniform(0.07, 0.13)
+    p["brow_thick"] = d.uniform(0.016, 0.034) + 0.012 * male
+    p["brow_arch"] = d.uniform(0.0, 0.045)
+    p["brow_len"] = d.uniform(1.1, 1.5)
+    p["brow_texture"] = d.uniform(60.0, 160.0)
+    p["nose_len"] = d.uniform(0.17, 0.29)
+    p["nose_w"] = d.uniform(0.055, 0.115)
+    p["nose_tip"] = d.uniform(0.0, 0.05)
+    p["nose_tilt"] = d.uniform(0.20, 0.50)
+    p["nostril"] = d.uniform(0.15, 0.30)
+    p["mouth_gap"] = d.uniform(0.09, 0.15)
+    p["mouth_w"] = d.uniform(0.13, 0.22)
+    p["lip_up"] = d.uniform(0.02, 0.045)
+    p["lip_low"] = d.uniform(0.03, 0.06)
+    p["lip_bow"] = d.uniform(0.0, 0.6)
+    p["lip_texture"] = d.uniform(10.0, 40.0)
+    p["hairline"] = d.uniform(-0.62, -0.40)
+    p["hair_volume"] = d.uniform(0.04, 0.14)
+    p["long_hair"] = ((d.uniform() < 0.8) & (male == 0)).float()
+    p["double_chin"] = d.uniform(0.0, 1.0)
+    p["cheekbones"] = d.uniform(0.0, 1.0)
+    p["mole"] = (d.uniform() < 0.6).float()
+    p["mole_x"] = d.uniform(-0.35, 0.35)
+    p["mole_y"] = d.uniform(-0.25, 0.45)
+    p["mole_r"] = d.uniform(0.012, 0.025)
+    # Colours: skin along a light-to-dark continuum with a small hue jitter; hair and iris from
+    # anchors with a jitter; lips from the skin.
+    tone = d.uniform()[:, None]
     light = torch.tensor([0.96, 0.80, 0.69])
     dark = torch.tensor([0.38, 0.24, 0.16])
-    skin = light + tone[:, None] * (dark - light) + 0.03 * torch.randn(n, 3, generator=gen)
-    p["skin"] = skin.clamp(0.05, 1.0)
-    anchors = torch.tensor(
+    p["skin"] = (light + tone * (dark - light) + 0.03 * d.normal(3)).clamp(0.05, 1.0)
+    hair_anchors = torch.tensor(
         [
             [0.08, 0.06, 0.05],  # black
             [0.30, 0.18, 0.10],  # brown
@@ -125,18 +188,18 @@ def _identity_params(num_identities: int, seed: int) -> dict[str, torch.Tensor]:
             [0.62, 0.62, 0.62],  # grey
         ]
     )
-    choice = torch.randint(0, len(anchors), (n,), generator=gen)
-    hair = anchors[choice] + 0.05 * torch.randn(n, 3, generator=gen)
-    p["hair"] = hair.clamp(0.02, 1.0)
-    iris = torch.tensor([[0.25, 0.15, 0.08], [0.20, 0.35, 0.55], [0.25, 0.40, 0.25]])
-    p["iris"] = iris[torch.randint(0, 3, (n,), generator=gen)]
-    p["lip"] = (p["skin"] * torch.tensor([0.95, 0.55, 0.55]) + u(0.0, 0.12)[:, None]).clamp(0, 1)
+    choice = (d.uniform() * len(hair_anchors)).long().clamp(max=len(hair_anchors) - 1)
+    p["hair"] = (hair_anchors[choice] + 0.05 * d.normal(3)).clamp(0.02, 1.0)
+    iris_anchors = torch.tensor([[0.25, 0.15, 0.08], [0.20, 0.35, 0.55], [0.25, 0.40, 0.25]])
+    choice = (d.uniform() * 3).long().clamp(max=2)
+    p["iris"] = (iris_anchors[choice] + 0.04 * d.normal(3)).clamp(0.02, 1.0)
+    lip_red = d.uniform(0.0, 0.12)[:, None]
+    p["lip"] = (p["skin"] * torch.tensor([0.95, 0.55, 0.55]) + lip_red).clamp(0, 1)
     return p
 
 
 def _attributes(p: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Table-1 attributes (0/1) from the identity geometry; thresholds near each median."""
-    eye_h = p["eye_w"] * p["eye_ratio"]
+    """Table-1 attributes (0/1) from the identity parameters; thresholds near each median."""
     narrow = p["eye_ratio"] < 0.40
     big_nose = p["nose_w"] * p["nose_len"] > 0.0195
     pointy = p["nose_tip"] > 0.028
@@ -144,404 +207,195 @@ def _attributes(p: dict[str, torch.Tensor]) -> torch.Tensor:
     double_chin = p["double_chin"] > 0.6
     cheek = p["cheekbones"] > 0.5
     male = p["male"] > 0.5
-    del eye_h
     return torch.stack([narrow, big_nose, pointy, chubby, double_chin, cheek, male], 1).float()
 
 
-def _image_params(n: int, seed: int, pose: float, warp: float) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + 29)
-    u = lambda lo, hi: _uniform(gen, n, lo, hi)  # noqa: E731
+def _image_params(
+    identity: torch.Tensor,
+    slot: torch.Tensor,
+    image_seed: int,
+    yaw_low: torch.Tensor,
+    yaw_high: torch.Tensor,
+    pose: float,
+    warp: float,
+    expression: float,
+) -> dict[str, torch.Tensor]:
+    """Per-image parameters ``(B,)`` from ``(image_seed, identity, slot)``; angles in radians."""
+    d = _Draws(image_seed, _IMAGE_STREAM, identity, slot)
     q: dict[str, torch.Tensor] = {}
-    q["yaw"] = u(-0.60, 0.60) * pose
-    q["pitch"] = u(-0.20, 0.20) * pose
-    q["roll"] = u(-0.25, 0.25) * pose
-    q["scale"] = 1.0 + u(-0.10, 0.10) * warp
-    q["rot"] = u(-0.08, 0.08) * warp
-    q["tx"] = u(-0.07, 0.07) * warp
-    q["ty"] = u(-0.07, 0.07) * warp
-    opened = (torch.rand(n, generator=gen) < 0.4).float()
-    q["mouth_open"] = opened * u(0.005, 0.07)
-    q["smile"] = u(-0.012, 0.035)
-    q["brow_raise"] = u(-0.01, 0.03)
-    blink = (torch.rand(n, generator=gen) < 0.05).float()
-    q["eye_open"] = (1 - blink) * u(0.75, 1.1) + blink * 0.15
-    q["light"] = torch.stack([u(-0.8, 0.8), u(-0.8, 0.4)], 1)
-    q["ambient"] = u(0.45, 0.70)
-    q["gain"] = u(0.75, 1.15)[:, None] * (1 + 0.08 * (torch.rand(n, 3, generator=gen) - 0.5))
-    q["background"] = torch.rand(n, 3, generator=gen) * 0.8 + 0.1
-    q["bg_grad"] = torch.rand(n, 2, generator=gen) - 0.5
-    q["blur"] = u(0.0, 1.1)
-    q["noise"] = u(0.0, 0.035)
+    magnitude = d.uniform(0.0, 1.0)
+    sign = torch.where(d.uniform() < 0.5, -1.0, 1.0)
+    q["yaw"] = sign * torch.deg2rad(yaw_low + (yaw_high - yaw_low) * magnitude)
+    q["pitch"] = d.uniform(-0.20, 0.20) * pose
+    q["roll"] = d.uniform(-0.25, 0.25) * pose
+    q["scale"] = 1.0 + d.uniform(-0.10, 0.10) * warp
+    q["rot"] = d.uniform(-0.08, 0.08) * warp
+    q["tx"] = d.uniform(-0.07, 0.07) * warp
+    q["ty"] = d.uniform(-0.07, 0.07) * warp
+    q["px"] = d.uniform(-0.04, 0.04) * warp
+    q["py"] = d.uniform(-0.04, 0.04) * warp
+    opened = (d.uniform() < 0.4).float()
+    q["mouth_open"] = opened * d.uniform(0.005, 0.07) * expression
+    q["smile"] = d.uniform(-0.012, 0.035) * expression
+    q["brow_raise"] = d.uniform(-0.01, 0.03) * expression
+    q["frown"] = (d.uniform() < 0.3).float() * d.uniform(0.0, 0.025) * expression
+    blink = (d.uniform() < 0.05).float()
+    eye_open = (1 - blink) * d.uniform(0.75, 1.1) + blink * 0.15
+    q["eye_open"] = (1 + expression * (eye_open - 1)).clamp(min=0.05)
+    q["gaze_x"] = d.uniform(-0.15, 0.15) * expression
+    q["gaze_y"] = d.uniform(-0.08, 0.08) * expression
+    q["light"] = torch.stack([d.uniform(-0.8, 0.8), d.uniform(-0.8, 0.4)], 1)
+    q["ambient"] = d.uniform(0.45, 0.70)
+    q["gain"] = d.uniform(0.75, 1.15)[:, None] * (1 + 0.08 * (d.uniform(k=3) - 0.5))
+    q["background"] = d.uniform(k=3) * 0.8 + 0.1
+    q["bg_grad"] = d.uniform(k=2) - 0.5
+    q["blur"] = d.uniform(0.0, 1.1)
+    q["noise"] = d.uniform(0.0, 0.035)
+    q["noise_a"] = d.uniform(257.0, 1025.0)
+    q["noise_b"] = d.uniform()
     return q
 
 
-def _pose_matrix(q: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(B, 3, 3) map from canonical (frontal, centred) to image normalised coordinates."""
-    n = q["yaw"].shape[0]
-    eye = torch.eye(3).expand(n, 3, 3)
-    yaw = eye.clone()
-    yaw[:, 0, 0] = torch.cos(q["yaw"])
-    yaw[:, 2, 0] = torch.sin(q["yaw"]) / _CAMERA_DISTANCE
-    pitch = eye.clone()
-    pitch[:, 1, 1] = torch.cos(q["pitch"])
-    pitch[:, 2, 1] = torch.sin(q["pitch"]) / _CAMERA_DISTANCE
-    angle = q["roll"] + q["rot"]
-    sim = eye.clone()
-    scale = q["scale"] * _ZOOM
-    sim[:, 0, 0] = scale * torch.cos(angle)
-    sim[:, 0, 1] = -scale * torch.sin(angle)
-    sim[:, 1, 0] = scale * torch.sin(angle)
-    sim[:, 1, 1] = scale * torch.cos(angle)
-    sim[:, 0, 2] = q["tx"]
-    sim[:, 1, 2] = q["ty"]
-    return sim @ pitch @ yaw
+def _nuisance(q: dict[str, torch.Tensor]) -> torch.Tensor:
+    """:data:`NUISANCE_ATTRIBUTES` (0/1) from the image parameters."""
+    harsh = (q["light"].norm(dim=1) > 0.6) & (q["ambient"] < 0.6)
+    return torch.stack(
+        [q["mouth_open"] > 0.02, q["smile"] > 0.015, q["eye_open"] < 0.4, harsh], 1
+    ).float()
 
 
-def _landmarks(p: dict[str, torch.Tensor], q: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(B, 68, 2) landmarks in canonical normalised coordinates, iBUG 68-point order."""
-    cy, fa, fb, taper = p["face_cy"], p["face_a"], p["face_b"], p["jaw_taper"]
-    col = lambda v: v[:, None]  # noqa: E731
-    # Jaw 0-16: along the face outline from the left temple over the chin to the right one.
-    theta = torch.linspace(math.pi + 0.25, -0.25, 17)
-    jy = col(cy) + col(fb) * torch.sin(theta)
-    rel = ((jy - col(cy)) / col(fb)).clamp(min=0)
-    jx = col(fa) * (1 - col(taper) * rel**2) * torch.cos(theta)
-    jaw = torch.stack([jx, jy], -1)
-    # Brows 17-21 (image left), 22-26.
-    bx = torch.linspace(-1, 1, 5)
-    blen = p["eye_w"] * p["brow_len"]
-    by = p["eye_y"] - p["brow_gap"] - q["brow_raise"]
-    arch_y = col(by) - col(p["brow_arch"]) * (1 - bx**2)
-    left_brow = torch.stack([col(-p["eye_sp"]) + col(blen) * bx, arch_y], -1)
-    right_brow = torch.stack([col(p["eye_sp"]) + col(blen) * bx, arch_y], -1)
-    # Nose 27-30 (bridge) and 31-35 (base).
-    top = p["eye_y"] - 0.02
-    bottom = p["eye_y"] + p["nose_len"]
-    t = torch.linspace(0, 1, 4)
-    bridge_y = col(top) + t * col(bottom + 0.5 * p["nose_tip"] - 0.015 - top)
-    bridge = torch.stack([torch.zeros_like(bridge_y), bridge_y], -1)
-    s = torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0])
-    base_x = col(p["nose_w"] * 0.8) * s
-    base_y = col(bottom) + col(p["nose_tip"]) * (1 - s.abs()) * 0.5
-    base = torch.stack([base_x, base_y], -1)
-    # Eyes 36-41 and 42-47: corners, two upper, two lower points on an ellipse.
-    ang = torch.tensor(
-        [math.pi, 4 * math.pi / 3, 5 * math.pi / 3, 0.0, math.pi / 3, 2 * math.pi / 3]
-    )
-    ew = col(p["eye_w"])
-    eh = col(p["eye_w"] * p["eye_ratio"] * q["eye_open"])
-    ex = ew * torch.cos(ang)
-    ey = col(p["eye_y"]) + eh * torch.sin(ang)
-    left_eye = torch.stack([col(-p["eye_sp"]) + ex, ey], -1)
-    right_eye = torch.stack([col(p["eye_sp"]) + ex, ey], -1)
-    # Mouth 48-59 (outer) and 60-67 (inner).
-    my = bottom + p["mouth_gap"]
-    mw = col(p["mouth_w"])
-    outer_t = torch.tensor(
-        [-1.0, -2 / 3, -1 / 3, 0.0, 1 / 3, 2 / 3, 1.0, 2 / 3, 1 / 3, 0.0, -1 / 3, -2 / 3]
-    )
-    upper = torch.tensor([1.0] * 7 + [0.0] * 5).bool()
-    inner_t = torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0, 0.5, 0.0, -0.5])
-    inner_upper = torch.tensor([1.0] * 5 + [0.0] * 3).bool()
-    curves = _mouth_curves(col(my), col(q["smile"]), col(q["mouth_open"]))
-    lips = (col(p["lip_up"]), col(p["lip_low"]))
-    ou = _outer_lip(curves, lips, outer_t, upper)
-    outer = torch.stack([mw * outer_t, ou], -1)
-    iu = torch.where(inner_upper, curves[0](inner_t), curves[1](inner_t))
-    inner = torch.stack([mw * inner_t, iu.expand(mw.shape[0], -1)], -1)
-    return torch.cat(
-        [jaw, left_brow, right_brow, bridge, base, left_eye, right_eye, outer, inner], 1
-    )
+def _check_int(value: object, name: str, minimum: int) -> int:
+    """An ``int`` (``bool`` refused) ≥ ``minimum``, or ``ValueError`` naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name}: expected an int ≥ {minimum}, received {value!r}")
+    return int(value)
 
 
-def _mouth_curves(my, smile, opening):
-    """Inner upper/lower lip lines y(t), t = x / mouth half-width in [-1, 1]."""
-
-    def inner_upper(t):
-        return my - smile * t**2 - 0.5 * opening * (1 - t**2)
-
-    def inner_lower(t):
-        return my - smile * t**2 + 0.5 * opening * (1 - t**2)
-
-    return inner_upper, inner_lower
-
-
-def _outer_lip(curves, lips, t, upper):
-    bulge = (1 - t**2).clamp(min=0).sqrt()
-    up = curves[0](t) - lips[0] * bulge
-    low = curves[1](t) + lips[1] * bulge
-    return torch.where(upper, up, low)
+def _check_real(value: object, name: str, minimum: float, maximum: float = math.inf) -> float:
+    """A finite real number in ``[minimum, maximum]`` (``bool`` refused)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not minimum <= float(value) <= maximum
+    ):
+        raise ValueError(f"{name}: expected a number in [{minimum}, {maximum}], received {value!r}")
+    return float(value)
 
 
-def _ramp(signed: torch.Tensor, width: float) -> torch.Tensor:
-    """Soft inside-mask from a signed distance-like value (positive inside)."""
-    return (signed / width + 0.5).clamp(0.0, 1.0)
-
-
-def _window(lo: float, hi: float) -> slice:
-    """Canvas rows/columns covering canonical coordinates [lo, hi]."""
-    first = max(0, math.floor((lo / _EXTENT + 1) * _CANVAS / 2))
-    last = min(_CANVAS, math.ceil((hi / _EXTENT + 1) * _CANVAS / 2))
-    return slice(first, last)
-
-
-# Canonical windows (rows = y, columns = x) that contain each part for every parameter draw:
-# the bounds follow from the parameter ranges of _identity_params/_image_params.
-_EYES_ROWS, _EYES_COLS = _window(-0.42, 0.10), _window(-0.48, 0.48)
-_NOSE_ROWS, _NOSE_COLS = _window(-0.20, 0.32), _window(-0.32, 0.32)
-_MOUTH_ROWS, _MOUTH_COLS = _window(0.0, 0.56), _window(-0.26, 0.26)
-
-
-def _render(
-    p: dict[str, torch.Tensor],
-    q: dict[str, torch.Tensor],
-    size: tuple[int, int],
-    gen: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Render a batch: images (B, 3, H, W), parsing (B, H, W), landmarks px, warp px.
-
-    The face is drawn on a canonical canvas (frontal, centred; the small parts only inside fixed
-    windows of it), then the colour, coverage and parsing maps are resampled through the pose
-    matrix into the image, over a background drawn in image space.
-    """
-    h, w = size
-    n = q["yaw"].shape[0]
-    big = _CANVAS
-    coords = ((torch.arange(big, dtype=torch.float32) + 0.5) * 2 / big - 1) * _EXTENT
-    x, y = coords.view(1, 1, big), coords.view(1, big, 1)
-    v = lambda t: t.view(n, 1, 1)  # noqa: E731
-    c = lambda colour: colour.view(n, 3, 1, 1)  # noqa: E731
-    px = 2 * _EXTENT / big  # one canvas pixel in canonical units
-    # Nose parallax: the nose tip stands out of the face plane, so it moves further with yaw.
-    parallax = 0.18 * torch.sin(q["yaw"])
-
-    # Face outline: an ellipse whose lower half narrows towards the chin (jaw taper).
-    cy, fa, fb = v(p["face_cy"]), v(p["face_a"]), v(p["face_b"])
-    rel_y = (y - cy) / fb
-    fu = x / (fa * (1 - v(p["jaw_taper"]) * rel_y.clamp(min=0) ** 2))
-    face_d = fu**2 + rel_y**2
-    face_soft = _ramp((1 - face_d) * fa / 2, px)
-    # Hair: a head ellipse behind the face, long hair down the sides, fringe above the hairline.
-    hv = v(p["hair_volume"])
-    head_d = (x / (fa + hv)) ** 2 + ((y - cy + 0.5 * hv) / (fb + hv)) ** 2
-    head = (1 - head_d) * (fa + hv) / 2
-    long_hair = torch.minimum((fa + hv + 0.04) - x.abs(), y - (cy - 0.2)) - 10 * (
-        1 - v(p["long_hair"])
-    )
-    hair_sd = torch.maximum(torch.minimum(head, cy - 0.1 - y), long_hair)
-    hair_sd = torch.maximum(hair_sd, torch.where(face_d > 1, head, -1.0))
-    fringe = (v(p["hairline"]) + 0.03 * torch.cos(x * 9)) - y
-    hair_sd = torch.maximum(hair_sd, torch.minimum(fringe, head))
-    hair_soft = _ramp(hair_sd, px)
-    skin_alpha = face_soft * (1 - hair_soft * (fringe > 0))
-    alpha = torch.maximum(hair_soft, face_soft)
-
-    # Shading: an ellipsoid normal for the face, lit from the image's light direction; cheek
-    # highlights (high cheekbones) and a chin fold (double chin), both separable in x and y.
-    nz = (1 - face_d.clamp(max=1)) ** 0.25
-    light = q["light"]
-    lx, ly = v(light[:, 0]), v(light[:, 1])
-    diffuse = ((lx * fu + ly * rel_y + nz) / (1 + lx**2 + ly**2).sqrt()).clamp(min=0)
-    ambient = v(q["ambient"])
-    ey, esp = v(p["eye_y"]), v(p["eye_sp"])
-    cheek = (
-        v(p["cheekbones"])
-        * torch.exp(-(((x.abs() - esp * 1.1) / 0.09) ** 2))
-        * torch.exp(-(((y - ey - 0.14) / 0.05) ** 2))
-    )
-    fold = (v(p["double_chin"]) - 0.6).clamp(min=0) * 2.5
-    chin_fold = (
-        fold
-        * torch.exp(-(((y - cy - fb * 0.93) / 0.015) ** 2))
-        * torch.exp(-((x / (0.5 * fa)) ** 4))
-    )
-    shade = (ambient + (1.1 - ambient) * diffuse) * (1 + 0.25 * cheek - 0.45 * chin_fold)
-    stubble = v(p["male"]) * 0.12 * ((y - cy - 0.3 * fb) / 0.1).clamp(0, 1)
-    skin = c(p["skin"]) * (shade * (1 - stubble))[:, None]
-    hair_colour = c(p["hair"]) * (0.85 + 0.15 * torch.sin(40 * x + 6 * y))[:, None]
-    colour = torch.lerp(hair_colour, skin, skin_alpha[:, None])
-    parsing = torch.zeros(n, big, big, dtype=torch.uint8)
-    parsing[hair_soft > 0.5] = 10
-    parsing[skin_alpha > 0.5] = 1
-
-    def paint(rows, cols, masks_labels, target):
-        """Paint parts inside a window: colour (n, 3, h, w) under the max mask; labels."""
-        sub_parse = parsing[:, rows, cols]
-        for mask, label in masks_labels:
-            sub_parse = torch.where(mask > 0.5, torch.tensor(label, dtype=torch.uint8), sub_parse)
-        parsing[:, rows, cols] = sub_parse
-        cover = masks_labels[0][0]
-        for mask, _ in masks_labels[1:]:
-            cover = torch.maximum(cover, mask)
-        colour[:, :, rows, cols] = torch.lerp(colour[:, :, rows, cols], target, cover[:, None])
-
-    # Eyes and brows, in their window.
-    xw, yw = x[..., _EYES_COLS], y[:, _EYES_ROWS]
-    shade_w = shade[:, _EYES_ROWS, _EYES_COLS]
-    blen = v(p["eye_w"] * p["brow_len"])
-    by = ey - v(p["brow_gap"]) - v(q["brow_raise"])
-
-    def brow(cx):
-        t = (xw - cx) / blen
-        centre = by - v(p["brow_arch"]) * (1 - t**2)
-        half = v(p["brow_thick"]) * 0.5 * (1 - 0.5 * t.abs().clamp(max=1))
-        return _ramp(torch.minimum(half - (yw - centre).abs(), (1 - t.abs()) * blen), px)
-
-    brows = [(brow(-esp), 2), (brow(esp), 3)]
-    paint(_EYES_ROWS, _EYES_COLS, brows, c(p["hair"]) * 0.6 * shade_w[:, None])
-    eye_w = v(p["eye_w"])
-    eye_h = v(p["eye_w"] * p["eye_ratio"] * q["eye_open"])
-    eye_y2 = ((yw - ey) / eye_h) ** 2
-    gaze = 0.25 * eye_w * torch.sin(v(q["yaw"]))
-    iris_r = 0.55 * eye_w
-
-    def eye(cx):
-        inside = _ramp((1 - ((xw - cx) / eye_w) ** 2 - eye_y2) * eye_h / 2, px)
-        iris = _ramp(iris_r - ((xw - cx - gaze) ** 2 + (yw - ey) ** 2).sqrt(), px)
-        return inside, iris * inside
-
-    (l_eye, l_iris), (r_eye, r_iris) = eye(-esp), eye(esp)
-    iris = torch.maximum(l_iris, r_iris)[:, None]
-    eye_colour = torch.lerp(torch.full_like(iris, 0.92).expand(-1, 3, -1, -1), c(p["iris"]), iris)
-    paint(_EYES_ROWS, _EYES_COLS, [(l_eye, 4), (r_eye, 5)], eye_colour * shade_w[:, None])
-
-    # Nose: widening from the bridge to the base, with a V-shaped tip; shifted by parallax.
-    xw, yw = x[..., _NOSE_COLS], y[:, _NOSE_ROWS]
-    top = ey - 0.02
-    bottom = ey + v(p["nose_len"])
-    nw, tip = v(p["nose_w"]), v(p["nose_tip"])
-    xn = xw - v(parallax)
-    half_w = 0.25 * nw + 0.75 * nw * ((yw - top) / (bottom - top)).clamp(0, 1) ** 2
-    tip_line = bottom + tip * (1 - (xn / nw).abs()).clamp(min=0)
-    nose = _ramp(torch.minimum(torch.minimum(half_w - xn.abs(), tip_line - yw), yw - top), px)
-    nostrils = _ramp(
-        0.012 - (((xn.abs() - 0.55 * nw) / 0.5) ** 2 + (yw - bottom + 0.005) ** 2).sqrt(), px
-    )
-    side = torch.exp(-(((xn - 0.6 * half_w) / 0.012) ** 2))
-    glint = torch.exp(-((xn / 0.03) ** 2 + ((yw - bottom) / 0.03) ** 2))
-    shade_w = shade[:, _NOSE_ROWS, _NOSE_COLS] * (1 - 0.25 * side - 0.6 * nostrils) + 0.15 * glint
-    paint(_NOSE_ROWS, _NOSE_COLS, [(nose, 6)], c(p["skin"]) * shade_w[:, None])
-
-    # Mouth: lips and inner mouth between the lip curves.
-    xw, yw = x[..., _MOUTH_COLS], y[:, _MOUTH_ROWS]
-    my = bottom + v(p["mouth_gap"])
-    mw = v(p["mouth_w"])
-    t = xw / mw
-    xin = (1 - t.abs()) * mw
-    upper_inner, lower_inner = _mouth_curves(my, v(q["smile"]), v(q["mouth_open"]))
-    iu, il = upper_inner(t), lower_inner(t)
-    bulge = (1 - t**2).clamp(min=0).sqrt()
-    ou = iu - v(p["lip_up"]) * bulge
-    ol = il + v(p["lip_low"]) * bulge
-    upper_lip = _ramp(torch.minimum(torch.minimum(yw - ou, iu - yw), xin), px)
-    inner_mouth = _ramp(torch.minimum(torch.minimum(yw - iu, il - yw), xin), px)
-    lower_lip = _ramp(torch.minimum(torch.minimum(yw - il, ol - yw), xin), px)
-    shade_w = shade[:, _MOUTH_ROWS, _MOUTH_COLS][:, None]
-    paint(_MOUTH_ROWS, _MOUTH_COLS, [(upper_lip, 7), (lower_lip, 9)], c(p["lip"]) * shade_w)
-    dark = torch.tensor([0.30, 0.06, 0.08]).view(1, 3, 1, 1) * shade_w
-    paint(_MOUTH_ROWS, _MOUTH_COLS, [(inner_mouth, 8)], dark)
-
-    # Resample the canvas into the image through the pose matrix.
-    matrix = _pose_matrix(q)
-    ys = (torch.arange(h, dtype=torch.float32) + 0.5) * 2 / h - 1
-    xs = (torch.arange(w, dtype=torch.float32) + 0.5) * 2 / w - 1
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    pix = torch.stack([gx.reshape(-1), gy.reshape(-1), torch.ones(h * w)], 0)
-    can = torch.linalg.inv(matrix) @ pix
-    grid = (can[:, :2] / can[:, 2:]).transpose(1, 2).reshape(n, h, w, 2) / _EXTENT
-    rgba = torch.cat([colour * alpha[:, None], alpha[:, None]], 1)
-    rgba = F.grid_sample(rgba, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    labels = F.grid_sample(
-        parsing[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
-    )
-    parsing_out = labels[:, 0].round().to(torch.uint8)
-
-    # Background in image space, then the face over it (premultiplied alpha).
-    bg = c(q["background"]) * (
-        1
-        + 0.3
-        * (c(q["bg_grad"][:, :1].expand(-1, 3)) * gx + c(q["bg_grad"][:, 1:].expand(-1, 3)) * gy)
-    )
-    image = rgba[:, :3] + bg.clamp(0, 1) * (1 - rgba[:, 3:])
-    image = image * q["gain"].view(n, 3, 1, 1)
-    image = _blur(image, q["blur"])
-    # Sensor noise: uniform with standard deviation q["noise"] (cheaper to draw than Gaussian).
-    uniform = torch.rand(image.shape, generator=gen) - 0.5
-    image = image + (q["noise"] * math.sqrt(12)).view(n, 1, 1, 1) * uniform
-    image = image.clamp(0, 1)
-
-    # Landmarks: canonical points (nose with parallax) through the same matrix, in pixels.
-    canonical = _landmarks(p, q)
-    canonical[:, 27:36, 0] += parallax[:, None] * torch.tensor(
-        [0.2, 0.5, 0.8, 1.0, 0.7, 0.8, 1.0, 0.8, 0.7]
-    )
-    homog = torch.cat([canonical, torch.ones(n, 68, 1)], -1) @ matrix.transpose(1, 2)
-    landmarks = (homog[..., :2] / homog[..., 2:] + 1) * torch.tensor([w / 2.0, h / 2.0]) - 0.5
-    to_norm = torch.tensor(
-        [[2.0 / w, 0.0, 1.0 / w - 1.0], [0.0, 2.0 / h, 1.0 / h - 1.0], [0.0, 0.0, 1.0]]
-    )
-    warp_px = torch.linalg.inv(to_norm) @ matrix @ to_norm
-    return image, parsing_out, landmarks, warp_px
-
-
-def _blur(image: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur with a per-image sigma, as one grouped convolution."""
-    n, ch, h, w = image.shape
-    radius = 3
-    offsets = torch.arange(-radius, radius + 1, dtype=image.dtype)
-    s = sigma.clamp(min=1e-3).view(n, 1)
-    kernel = torch.exp(-0.5 * (offsets / s) ** 2)
-    kernel = kernel / kernel.sum(1, keepdim=True)
-    kernel = kernel.repeat_interleave(ch, 0)  # (n * ch, K)
-    flat = image.reshape(1, n * ch, h, w)
-    flat = F.pad(flat, (radius, radius, radius, radius), mode="replicate")
-    flat = F.conv2d(flat, kernel.view(n * ch, 1, 1, -1), groups=n * ch)
-    flat = F.conv2d(flat, kernel.view(n * ch, 1, -1, 1), groups=n * ch)
-    return flat.view(n, ch, h, w)
+def _yaw_ranges(
+    yaw_range: object, images_per_identity: int, pose: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image slot ``|yaw|`` bounds in degrees, ``(images_per_identity,)`` each."""
+    if yaw_range is None:
+        high = _YAW_AT_POSE_1 * pose
+        if high > 90:
+            raise ValueError(
+                f"pose: expected ≤ {90 / _YAW_AT_POSE_1:.3f} (|yaw| ≤ 90°) when yaw_range is "
+                f"None, received {pose!r}; give yaw_range for profile faces"
+            )
+        pairs = [(0.0, high)] * images_per_identity
+    else:
+        is_pair = (
+            isinstance(yaw_range, Sequence)
+            and len(yaw_range) == 2
+            and all(isinstance(v, numbers.Real) for v in yaw_range)
+        )
+        pairs = [yaw_range] * images_per_identity if is_pair else yaw_range
+        if not isinstance(pairs, Sequence) or len(pairs) != images_per_identity:
+            raise ValueError(
+                "yaw_range: expected (low, high) in degrees or a sequence of images_per_identity "
+                f"= {images_per_identity} such pairs, received {yaw_range!r}"
+            )
+        for pair in pairs:
+            ok = isinstance(pair, Sequence) and len(pair) == 2
+            ok = ok and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in pair)
+            if not ok or not 0 <= pair[0] <= pair[1] <= 90:
+                raise ValueError(
+                    f"yaw_range: expected pairs (low, high) with 0 ≤ low ≤ high ≤ 90 degrees, "
+                    f"received {pair!r}"
+                )
+    bounds = torch.tensor([[float(lo), float(hi)] for lo, hi in pairs])
+    return bounds[:, 0], bounds[:, 1]
 
 
 class SyntheticFaces(Dataset):
-    """Procedurally rendered faces with landmarks, parsing, attributes and warp ground truth.
+    """Rendered 3-D faces with pose, landmarks, visibility, parsing, attributes and warp.
 
-    Each of ``num_identities`` identities gets its own geometry (face width and height, jaw taper,
-    eye size, aspect and spacing, brow shape, nose length, width and tip, mouth width and lip
-    thickness, skin tone, hair colour and style, sex) drawn from ``seed``; each image varies the
-    head pose (yaw ±34°, pitch ±11°, roll ±14° at ``pose=1``, rendered as a perspective warp of
-    the face plane with nose parallax), a misalignment (scale ±10 %, rotation ±4.6°, shift ±7 %
-    at ``warp=1``), expression (mouth opening, smile, brow raise, blinks), illumination (light
-    direction, ambient level, colour gain, background), Gaussian blur and noise.
+    Each of ``num_identities`` identities is drawn from ``(seed, identity index)`` alone, so it
+    is the same face in every set with that ``seed``, whatever the set's size: a train set, a
+    test set or a frontal and a profile set built from one seed line up. An identity has
+    **global** parameters (face width, height and depth, jaw taper, skin tone, hair colour,
+    volume, hairline and length, sex, double chin, cheekbones) and **local**, per-part ones
+    (eyes: spacing, height, width, aspect, tilt, iris colour, size and stripe texture; brows:
+    gap, thickness, arch, length, strand texture; nose: length, width, protrusion, tilt, nostril
+    size; mouth: height, width, lip thicknesses, cupid's bow, lip colour and line texture; a
+    mole's presence, place and size): a part-aware model can read the local ones from a few
+    pixels that a global pooling dilutes (FSENet's premise).
 
-    The whole set is rendered at construction (vectorised over chunks of images, no per-pixel
-    Python loops) and cached: ``images`` as ``uint8``. The output depends only on the
-    constructor's arguments.
+    Each image draws, from ``(image_seed, identity, image index)``: the head pose (|yaw| uniform
+    in its range with a random sign; pitch ±11.5° and roll ±14.3° times ``pose``), rendered in
+    3-D with self-occlusion; an expression (mouth opening, smile, brow raise, frown, blinks,
+    gaze; times ``expression``); a misalignment of the crop (scale ±10 %, rotation ±4.6°, shift
+    ±7 % of the image, perspective ±0.04, times ``warp``); illumination (light direction,
+    ambient level, colour gain, background); Gaussian blur and noise.
+
+    The head is three ellipsoids (face, nose, hair) ray-cast per pixel, orthographically; see
+    ``faceaux.data._head``. The whole set is rendered at construction, vectorised over chunks
+    of images, and cached (``images`` as ``uint8``); the output depends only on the arguments.
 
     Ground truth per sample:
 
-    - ``landmarks``: the 68 iBUG points in pixel coordinates ``(x, y)`` of the returned image
-      (pixel centres at integers).
-    - ``parsing``: labels of :data:`PARSING_CLASSES` (background, skin, l/r brow, l/r eye, nose,
-      upper lip, inner mouth, lower lip, hair: Helen's order); "l" means image-left.
+    - ``landmarks``: the 68 iBUG points, pixel coordinates ``(x, y)`` of the returned image
+      (pixel centres on integers), where the point of the 3-D surface projects, hidden or not.
+    - ``visibility``: ``(68,)`` bool; a point is visible when its surface faces the camera and
+      the first surface on its camera ray is its own (not the nose, hair, or the face turning
+      away). A profile face loses the far eye, brow and jaw and half the mouth.
+    - ``pose``: ``(yaw, pitch, roll)`` in degrees. Positive yaw turns the nose to the image
+      right, positive pitch turns it up, positive roll rotates the face clockwise on screen.
+    - ``parsing``: labels of :data:`PARSING_CLASSES` (Helen's order) of the first surface each
+      pixel's ray meets; a hidden eye has no eye pixels. "l" is the image-left part of the upright
+      frontal face and stays with that part when the head turns.
     - ``attributes``: the seven Table-1 attributes of multitask-face-attributes.txt
-      (:data:`SYNTHETIC_ATTRIBUTES`), 0/1, thresholds of the identity's geometry (e.g.
-      Narrow_Eyes: eye height/width < 0.40; Chubby: wide face with a weak jaw taper), so they are
-      identity-stable by construction, as §3.2's majority vote assumes.
-    - ``warp``: the ``(3, 3)`` matrix mapping *canonical* pixel coordinates (the frontal, centred,
-      unscaled face of the same identity and expression) to pixel coordinates of the image;
-      ``inv(warp)`` undoes the pose and misalignment (up to nose parallax).
+      (:data:`SYNTHETIC_ATTRIBUTES`), 0/1, thresholds of identity parameters (e.g. Narrow_Eyes:
+      eye height/width < 0.40), so identity-stable by construction, as §3.2's majority vote
+      assumes.
+    - ``nuisance``: the image-dependent :data:`NUISANCE_ATTRIBUTES`, 0/1 (mouth open, smiling,
+      eyes closed, harsh light).
+    - ``warp``: the ``(3, 3)`` matrix mapping pixel coordinates of the *upright view* (this
+      head at this yaw and pitch, without roll and misalignment, centred, one head unit = half
+      the image side) to pixel coordinates of the returned image. It holds the roll, the
+      misalignment and a fixed zoom of 1.3; ``inv(warp)`` undoes exactly what a 2-D alignment
+      can undo. Yaw and pitch turn the head out of the image plane, which no 2-D warp undoes.
+      With ``pose=0, warp=0`` it is the zoom about the image centre.
+
+    A CFP-style set (the same identities seen frontal and in profile): give one ``|yaw|`` range
+    per image slot, e.g. ``yaw_range=[(0, 10)] * 10 + [(75, 90)] * 4`` (CFP's 10 frontal and 4
+    profile images per subject), then score frontal–profile pairs with
+    :func:`faceaux.eval.protocols.pose_protocols`. Two sets built with the same ``seed`` (e.g.
+    a frontal one and a profile one) share identities; give them different ``image_seed`` so
+    their images' expressions and lighting are independent too.
 
     Args:
         num_identities: number of identities; labels are ``0 … num_identities − 1``.
         images_per_identity: images per identity; samples are ordered identity-major.
-        size: ``(H, W)`` of the images.
-        seed: the random seed (identities, image variations and noise all follow from it).
-        pose: scale of the head-rotation ranges (0 gives frontal faces).
+        size: ``(H, W)`` of the images, each ≥ 8.
+        seed: identity seed (int ≥ 0): the identities follow from it and their index.
+        pose: scale of the pitch and roll ranges, and of the yaw range (±34.4° at 1; at most
+            2.618, i.e. ±90°) when ``yaw_range`` is None. 0 gives frontal faces.
         warp: scale of the misalignment ranges (0 gives centred faces).
+        yaw_range: ``|yaw|`` bounds in degrees, ``(low, high)`` with ``0 ≤ low ≤ high ≤ 90``
+            for every image, or a sequence of ``images_per_identity`` such pairs, one per image
+            slot (image ``j`` of every identity uses pair ``j``). Overrides ``pose`` for yaw.
+        expression: scale of the expression ranges (0 gives a neutral face looking ahead).
+        image_seed: seed of the image variations and noise (int ≥ 0); default ``seed``.
 
     Shape:
         ``dataset[i]`` is a dict: ``image (3, H, W)`` float in [0, 1], ``label ()`` int64,
-        ``landmarks (68, 2)``, ``parsing (H, W)`` int64, ``attributes (7,)``, ``warp (3, 3)``.
+        ``landmarks (68, 2)``, ``visibility (68,)`` bool, ``pose (3,)`` degrees,
+        ``parsing (H, W)`` int64, ``attributes (7,)``, ``nuisance (4,)``, ``warp (3, 3)``.
         The cached tensors are the attributes ``images (N, 3, H, W)`` uint8, ``labels (N,)``,
-        ``landmarks (N, 68, 2)``, ``parsing (N, H, W)`` uint8, ``attributes (N, 7)``,
+        ``landmarks (N, 68, 2)``, ``visibility (N, 68)`` bool, ``poses (N, 3)``,
+        ``parsing (N, H, W)`` uint8, ``attributes (N, 7)``, ``nuisance (N, 4)``,
         ``warps (N, 3, 3)``, ``identity_attributes (num_identities, 7)``.
 
     Examples:
@@ -549,6 +403,16 @@ class SyntheticFaces(Dataset):
         >>> sample = data[0]
         >>> sample["image"].shape, sample["landmarks"].shape, sample["parsing"].shape
         (torch.Size([3, 56, 56]), torch.Size([68, 2]), torch.Size([56, 56]))
+        >>> sample["visibility"].shape, sample["pose"].shape, sample["nuisance"].shape
+        (torch.Size([68]), torch.Size([3]), torch.Size([4]))
+
+        A CFP-style set: per identity two frontal and two profile images.
+
+        >>> cfp = SyntheticFaces(4, 4, size=(32, 32), yaw_range=[(0, 10)] * 2 + [(75, 90)] * 2)
+        >>> cfp.poses[:4, 0].abs().round().tolist()  # identity 0's |yaw|: 2 frontal, 2 profile
+        [7.0, 4.0, 78.0, 76.0]
+        >>> bool(cfp.visibility[:2].all()), int(cfp.visibility[2:4].sum(1).max()) < 60
+        (True, True)
     """
 
     def __init__(
@@ -559,41 +423,65 @@ class SyntheticFaces(Dataset):
         seed: int = 0,
         pose: float = 1.0,
         warp: float = 1.0,
+        yaw_range: Sequence[float] | Sequence[Sequence[float]] | None = None,
+        expression: float = 1.0,
+        image_seed: int | None = None,
     ) -> None:
-        if num_identities < 1 or images_per_identity < 1:
-            raise ValueError(
-                "num_identities and images_per_identity: expected ≥ 1, received "
-                f"{num_identities} and {images_per_identity}"
-            )
-        if len(size) != 2 or min(size) < 8:
-            raise ValueError(f"size: expected (H, W) with H, W ≥ 8, received {tuple(size)}")
-        if pose < 0 or warp < 0:
-            raise ValueError(f"pose and warp: expected ≥ 0, received {pose} and {warp}")
+        check_positive_int(num_identities, "num_identities")
+        check_positive_int(images_per_identity, "images_per_identity")
+        if (
+            not isinstance(size, Sequence)
+            or len(size) != 2
+            or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in size)
+            or min(size) < 8
+        ):
+            raise ValueError(f"size: expected (H, W), two ints ≥ 8, received {size!r}")
+        seed = _check_int(seed, "seed", 0)
+        image_seed = seed if image_seed is None else _check_int(image_seed, "image_seed", 0)
+        pose = _check_real(pose, "pose", 0.0)
+        warp = _check_real(warp, "warp", 0.0)
+        expression = _check_real(expression, "expression", 0.0)
+        yaw_low, yaw_high = _yaw_ranges(yaw_range, images_per_identity, pose)
+
         self.num_identities = num_identities
         self.images_per_identity = images_per_identity
         self.size = (int(size[0]), int(size[1]))
         self.seed = seed
+        self.image_seed = image_seed
         n = num_identities * images_per_identity
-        ident = _identity_params(num_identities, seed)
-        self.identity_attributes = _attributes(ident)
-        self.labels = torch.arange(num_identities).repeat_interleave(images_per_identity)
-        per_image = _image_params(n, seed, pose, warp)
         h, w = self.size
+        identity_params = _identity_params(torch.arange(num_identities), seed)
+        self.identity_attributes = _attributes(identity_params)
+        self.labels = torch.arange(num_identities).repeat_interleave(images_per_identity)
+        slots = torch.arange(images_per_identity).repeat(num_identities)
         self.images = torch.empty(n, 3, h, w, dtype=torch.uint8)
         self.parsing = torch.empty(n, h, w, dtype=torch.uint8)
         self.landmarks = torch.empty(n, 68, 2)
+        self.visibility = torch.empty(n, 68, dtype=torch.bool)
         self.warps = torch.empty(n, 3, 3)
+        per_image = _image_params(
+            self.labels, slots, image_seed, yaw_low[slots], yaw_high[slots], pose, warp, expression
+        )
+        self.poses = torch.rad2deg(torch.stack([per_image[k] for k in ("yaw", "pitch", "roll")], 1))
+        self.nuisance = _nuisance(per_image)
+        # Sensor noise: one uniform pattern per set, remapped per image by frac(u · a + b) with
+        # the image's own a ∈ [257, 1025) and b: cheap, and a pure function of the arguments.
+        pattern = counter_uniform(image_seed, _NOISE_STREAM, torch.arange(3 * h * w)).view(3, h, w)
+        chunk = max(1, _CHUNK_PIXELS // (h * w))
         with torch.no_grad():
-            for chunk, start in enumerate(range(0, n, _CHUNK)):
-                idx = torch.arange(start, min(n, start + _CHUNK))
-                p = {k: t[self.labels[idx]] for k, t in ident.items()}
-                q = {k: t[idx] for k, t in per_image.items()}
-                gen = torch.Generator().manual_seed(seed * 1_000_003 + 7919 * (chunk + 1))
-                image, parsing, landmarks, warp_px = _render(p, q, self.size, gen)
-                self.images[idx] = (image * 255).round().to(torch.uint8)
-                self.parsing[idx] = parsing
-                self.landmarks[idx] = landmarks
-                self.warps[idx] = warp_px
+            for start in range(0, n, chunk):
+                idx = torch.arange(start, min(n, start + chunk))
+                p = {k: v[self.labels[idx]] for k, v in identity_params.items()}
+                q = {k: v[idx] for k, v in per_image.items()}
+                noise = torch.frac(
+                    pattern * q["noise_a"].view(-1, 1, 1, 1) + q["noise_b"].view(-1, 1, 1, 1)
+                )
+                out = _head.render(p, q, self.size, noise)
+                self.images[idx] = (out["image"] * 255).round().to(torch.uint8)
+                self.parsing[idx] = out["parsing"]
+                self.landmarks[idx] = out["landmarks"]
+                self.visibility[idx] = out["visibility"]
+                self.warps[idx] = out["warp"]
         self.attributes = self.identity_attributes[self.labels]
 
     def __len__(self) -> int:
@@ -604,8 +492,11 @@ class SyntheticFaces(Dataset):
             "image": self.images[index].float() / 255,
             "label": self.labels[index],
             "landmarks": self.landmarks[index],
+            "visibility": self.visibility[index],
+            "pose": self.poses[index],
             "parsing": self.parsing[index].long(),
             "attributes": self.attributes[index],
+            "nuisance": self.nuisance[index],
             "warp": self.warps[index],
         }
 
@@ -616,17 +507,22 @@ def split_identities(
     """Split identity labels into disjoint (train, test) sets, each sorted.
 
     Args:
-        num_identities: identities are ``0 … num_identities − 1``.
-        test_fraction: fraction of identities held out for testing (at least one each side).
-        seed: seed of the random permutation.
+        num_identities: identities are ``0 … num_identities − 1`` (an int ≥ 2).
+        test_fraction: fraction of identities held out for testing, in [0, 1]; rounded, and
+            kept to at least one identity on each side.
+        seed: seed of the random permutation (int ≥ 0).
+
+    Shape:
+        returns two sorted int64 tensors ``(num_identities − T,)`` and ``(T,)``.
 
     Examples:
         >>> train, test = split_identities(10, 0.3, seed=0)
         >>> len(train), len(test), bool(set(train.tolist()) & set(test.tolist()))
         (7, 3, False)
     """
-    if num_identities < 2:
-        raise ValueError(f"num_identities: expected ≥ 2 to split, received {num_identities}")
+    num_identities = _check_int(num_identities, "num_identities", 2)
+    test_fraction = _check_real(test_fraction, "test_fraction", 0.0, 1.0)
+    seed = _check_int(seed, "seed", 0)
     n_test = min(num_identities - 1, max(1, round(num_identities * test_fraction)))
     perm = torch.randperm(num_identities, generator=torch.Generator().manual_seed(seed))
     return perm[n_test:].sort().values, perm[:n_test].sort().values
@@ -649,8 +545,8 @@ def make_pairs(
     Args:
         dataset: a :class:`SyntheticFaces` (or anything with a ``labels`` tensor), or a labels
             tensor ``(N,)``.
-        n_pairs: number of pairs (even numbers give exactly half of each kind).
-        seed: random seed.
+        n_pairs: number of pairs, an int ≥ 1 (even numbers give exactly half of each kind).
+        seed: random seed (int ≥ 0).
         identities: identity labels allowed in the pairs.
 
     Returns:
@@ -666,8 +562,20 @@ def make_pairs(
         >>> bool(((labels[pairs[:, 0]] == labels[pairs[:, 1]]) == issame).all())
         True
     """
-    labels = dataset if isinstance(dataset, torch.Tensor) else dataset.labels
-    labels = torch.as_tensor(labels).long()
+    labels = dataset if isinstance(dataset, torch.Tensor) else getattr(dataset, "labels", None)
+    if not isinstance(labels, torch.Tensor) or labels.ndim != 1 or labels.is_floating_point():
+        raise ValueError(
+            "dataset: expected a labels tensor (N,) of ints or a dataset with one in .labels, "
+            f"received {type(dataset).__name__}"
+            + (
+                f" with labels of shape {tuple(labels.shape)}, dtype {labels.dtype}"
+                if isinstance(labels, torch.Tensor)
+                else ""
+            )
+        )
+    n_pairs = check_positive_int(n_pairs, "n_pairs")
+    seed = _check_int(seed, "seed", 0)
+    labels = labels.long()
     gen = torch.Generator().manual_seed(seed)
     allowed = torch.ones_like(labels, dtype=torch.bool)
     if identities is not None:
