@@ -35,7 +35,7 @@ def write_image_folder(
 
 
 def pack_tiny(root: Path, **kwargs) -> Path:
-    """An image folder under ``root/images`` packed into ``root/rec/train.rec``; returns the prefix."""
+    """Write ``root/images`` and pack it into ``root/rec/train.rec``; returns the prefix."""
     folder = write_image_folder(root / "images", **kwargs)
     prefix = root / "rec" / "train"
     pack_folder(folder, prefix)
