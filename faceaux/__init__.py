@@ -49,19 +49,18 @@ from faceaux.layers.heatmaps import (
     heatmaps_to_landmarks,
     render_heatmaps,
 )
-from faceaux.layers.integration import (
-    FANFeatureIntegrator,
-    FANIntegrationLayer,
-    adain,
-    expand_input_channels,
-)
+from faceaux.layers.integration import FANIntegrationLayer, adain, expand_input_channels
 from faceaux.layers.parts import (
     PartMaskPooling,
     StructureCorrelation,
     part_mask_pooling,
     structure_correlation,
 )
-from faceaux.models import FAN, create_model, list_models, load_face_alignment_checkpoint
+from faceaux.models.adapter import BackboneAdapter
+from faceaux.models.fanface import FANFeatureIntegrator
+from faceaux.models.hourglass import FAN, load_face_alignment_checkpoint
+from faceaux.models.recognizer import FaceRecognizer
+from faceaux.models.registry import create_model, get_model_cfg, list_models
 
 __version__ = "0.1.0"
 """The installed faceaux version (PEP 440), also printed by ``faceaux --version``.
@@ -84,10 +83,12 @@ __all__ = [
     "AdaFaceMargin",
     "ArcFace",
     "AttributeHead",
+    "BackboneAdapter",
     "CombinedMargin",
     "CosFace",
     "FANFeatureIntegrator",
     "FANIntegrationLayer",
+    "FaceRecognizer",
     "HeatmapStacker",
     "ImageFolderFaces",
     "MultiTaskLoss",
@@ -107,6 +108,7 @@ __all__ = [
     "expand_input_channels",
     "extract_embeddings",
     "from_pixel_matrix",
+    "get_model_cfg",
     "heatmaps_to_landmarks",
     "list_models",
     "load_face_alignment_checkpoint",

@@ -255,7 +255,7 @@ class DemoRecognizer(nn.Module):
             )
         if variant == "parts":
             from faceaux.layers.parts import PartMaskPooling, StructureCorrelation
-            from faceaux.models.fsenet import FSENET_PARTS
+            from faceaux.conventions import FSENET_PARTS
 
             self.pool = PartMaskPooling(parts=FSENET_PARTS, mask_resize="max")
             self.correlate = StructureCorrelation()

@@ -1,30 +1,15 @@
-"""Small configurations of every registered model, shared by the model tests.
+"""Small configurations of every registered model, read from the registry (``small`` and
+``side_networks`` of :func:`faceaux.models.get_model_cfg`) plus small side networks.
 
-Narrow widths, a small FAN and a small parsing network: the full models' layer counts, code
-paths and hooks at a fraction of the cost.
+Narrow widths, a small FAN and a small parsing network: the full models' layer counts and code
+paths at a fraction of the cost.
 """
 
 from __future__ import annotations
 
-from faceaux.models import FAN, StackedHourGlass
+from faceaux.models import FAN, StackedHourGlass, get_model_cfg, list_models
 
-ALL_MODELS = [
-    "fanface_iresnet34",
-    "fanface_iresnet50",
-    "fsenet_iresnet50",
-    "iresnet100",
-    "iresnet18",
-    "iresnet18_gnap",
-    "iresnet34",
-    "iresnet50",
-    "iresnet_nano",
-    "lresnet18e",
-    "mobilefacenet",
-    "mobilefacenet_gnap",
-    "mtl_attr_fast",
-    "mtl_attr_full",
-    "stnface_iresnet34",
-]
+ALL_MODELS = list_models()
 NARROW = (8, 16, 32, 64)
 
 
@@ -37,19 +22,15 @@ def small_parser() -> StackedHourGlass:
 
 
 def small_kwargs(name: str) -> dict:
-    """Narrow configurations with the full models' structure, for fast forward/backward."""
-    if name.startswith(("iresnet", "lresnet")) and name != "iresnet_nano":
-        return {"widths": NARROW, "embedding_size": 32}
-    if name.startswith("fanface"):
-        return {"fan": small_fan(), "fan_input_size": 64, "widths": NARROW}
-    if name.startswith("fsenet"):
-        return {"parsing_net": small_parser(), "widths": NARROW}
-    if name.startswith("stnface"):
-        return {"widths": NARROW}
-    if name.startswith("mtl"):
-        return {"widths": NARROW, "embedding_size": 64, "attribute_hidden": 32}
-    return {}
+    """The registry's narrow configuration, with small side networks where the model has any."""
+    cfg = get_model_cfg(name)
+    kwargs = dict(cfg["small"])
+    if "fan" in cfg["side_networks"]:
+        kwargs["fan"] = small_fan()
+    if "parser" in cfg["side_networks"]:
+        kwargs["parsing_net"] = small_parser()
+    return kwargs
 
 
 def input_size(name: str) -> tuple[int, int]:
-    return (112, 96) if name.startswith("mtl") else (112, 112)
+    return tuple(get_model_cfg(name)["input_size"][1:])

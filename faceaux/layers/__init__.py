@@ -1,35 +1,5 @@
-"""Drop-in layers, one file per paper's layer family."""
+"""Drop-in layers, one file per paper's layer family.
 
-from faceaux.layers.alignment import SpatialTransformerAlign as SpatialTransformerAlign
-from faceaux.layers.alignment import param_groups as param_groups
-from faceaux.layers.alignment import theta_regularization as theta_regularization
-from faceaux.layers.attributes import CELEBA_ATTRIBUTE_NAMES as CELEBA_ATTRIBUTE_NAMES
-from faceaux.layers.attributes import CELEBA_FACE_ATTRIBUTES as CELEBA_FACE_ATTRIBUTES
-from faceaux.layers.attributes import AttributeHead as AttributeHead
-from faceaux.layers.attributes import MultiTaskLoss as MultiTaskLoss
-from faceaux.layers.attributes import attribute_loss as attribute_loss
-from faceaux.layers.attributes import majority_vote as majority_vote
-from faceaux.layers.geometry import ARCFACE_TEMPLATE_112 as ARCFACE_TEMPLATE_112
-from faceaux.layers.geometry import TRANSFORM_PARAMETERS as TRANSFORM_PARAMETERS
-from faceaux.layers.geometry import from_pixel_matrix as from_pixel_matrix
-from faceaux.layers.geometry import params_from_matrix as params_from_matrix
-from faceaux.layers.geometry import similarity_from_landmarks as similarity_from_landmarks
-from faceaux.layers.geometry import to_pixel_matrix as to_pixel_matrix
-from faceaux.layers.geometry import transform_matrix as transform_matrix
-from faceaux.layers.geometry import warp as warp
-from faceaux.layers.gnap import GNAP as GNAP
-from faceaux.layers.gnap import norm_aware_reweight as norm_aware_reweight
-from faceaux.layers.heatmaps import FIVE_POINT as FIVE_POINT
-from faceaux.layers.heatmaps import INTERNAL_51 as INTERNAL_51
-from faceaux.layers.heatmaps import LANDMARKS_68 as LANDMARKS_68
-from faceaux.layers.heatmaps import HeatmapStacker as HeatmapStacker
-from faceaux.layers.heatmaps import heatmaps_to_landmarks as heatmaps_to_landmarks
-from faceaux.layers.heatmaps import render_heatmaps as render_heatmaps
-from faceaux.layers.integration import FANFeatureIntegrator as FANFeatureIntegrator
-from faceaux.layers.integration import FANIntegrationLayer as FANIntegrationLayer
-from faceaux.layers.integration import adain as adain
-from faceaux.layers.integration import expand_input_channels as expand_input_channels
-from faceaux.layers.parts import PartMaskPooling as PartMaskPooling
-from faceaux.layers.parts import StructureCorrelation as StructureCorrelation
-from faceaux.layers.parts import part_mask_pooling as part_mask_pooling
-from faceaux.layers.parts import structure_correlation as structure_correlation
+Import them from the top level (``from faceaux import GNAP``) or from their defining module
+(``faceaux.layers.gnap.GNAP``): each object has those two import paths only.
+"""

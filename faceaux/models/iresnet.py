@@ -31,6 +31,9 @@ import torch
 from torch import nn
 
 from faceaux._checks import check_tensor
+from faceaux.layers.gnap import GNAP
+from faceaux.models.embedding_head import POOLINGS, EmbeddingHead
+from faceaux.models.features import StagedBackbone
 from faceaux.models.registry import register_model
 
 __all__ = [
@@ -87,19 +90,24 @@ class IBasicBlock(nn.Module):
         return out + shortcut
 
 
-class IResNet(nn.Module):
-    """The ArcFace IResNet with InsightFace's state-dict layout.
+class IResNet(StagedBackbone):
+    """The ArcFace IResNet with InsightFace's state-dict layout and the stage contract.
 
-    ArcFace §3.2: stem conv3×3 (stride 1) → BN → PReLU; four stages of :class:`IBasicBlock`
-    (the first block of each stage has stride 2); then the output block.
+    ArcFace §3.2: stem conv3×3 (stride 1) → BN → PReLU; four stages ``layer1`` … ``layer4`` of
+    :class:`IBasicBlock` (the first block of each stage has stride 2); then the output block.
+    It speaks the stage contract of :mod:`faceaux.models.features` (``feature_info``,
+    ``forward_stages``, ``forward_intermediates``, ``forward_head``).
 
-    Output block (``pooling``):
+    Output block (``pooling``), applied by :meth:`forward_head` to the last stage's map:
 
-    - ``"fc"`` (ArcFace's "E" option, default): BN2d → dropout → flatten → FC → BN1d whose
-      weight is fixed to 1 (InsightFace: ``features.weight.requires_grad = False``).
-    - ``"gnap"``: :class:`faceaux.GNAP` replaces BN2d → dropout → FC → BN1d (the GNAP paper's
-      "GNAP replaces the penultimate FC layer", §4); it keeps spatial symmetry and adds only
-      BatchNorm parameters (plus a 1×1 projection when ``embedding_size`` ≠ the last width).
+    - ``"fc"`` (ArcFace's "E" option, default): BN2d (``bn2``) → dropout → flatten → FC →
+      BN1d (``features``) whose weight is fixed to 1 (InsightFace:
+      ``features.weight.requires_grad = False``); InsightFace's keys, so its checkpoints load.
+    - ``"gap"``: the GNAP paper's LResNet18E(GAP) (Table 1), as InsightFace builds it:
+      :class:`faceaux.models.EmbeddingHead` ``"gap"`` (``gap``).
+    - ``"gnap"``: :class:`faceaux.GNAP` (``gnap``) replaces BN2d → dropout → FC → BN1d (the GNAP
+      paper's "GNAP replaces the penultimate FC layer", §4); it keeps spatial symmetry and adds
+      only BatchNorm parameters (plus a 1×1 projection when ``embedding_size`` ≠ the last width).
 
     Args:
         layers: blocks per stage, e.g. ``(3, 4, 14, 3)`` for IResNet-50.
@@ -109,20 +117,21 @@ class IResNet(nn.Module):
         input_size: (H, W) the model is built for; the FC's input size is
             ``widths[-1] · ⌈H/16⌉ · ⌈W/16⌉`` (7×7 at 112×112).
         in_channels: input channels (3; more when heatmaps are stacked with the image).
-        pooling: ``"fc"`` or ``"gnap"``, see above.
+        pooling: ``"fc"``, ``"gap"`` or ``"gnap"``, see above.
 
     Shape:
         - images: (B, in_channels, H, W) with (H, W) = ``input_size`` for ``pooling="fc"``.
         - output: (B, D), not normalised.
-        - ``forward_features``: (B, widths[-1], ⌈H/16⌉, ⌈W/16⌉), the map the output block pools
-          (after ``bn2`` for ``"fc"``; the last stage's output for ``"gnap"``, whose own BN comes
-          first inside GNAP).
+        - ``forward_features``: (B, widths[-1], ⌈H/16⌉, ⌈W/16⌉), the last stage's map (the
+          output block's input).
 
     Examples:
         >>> model = IResNet((1, 1, 1, 1), widths=(8, 16, 32, 64), embedding_size=32).eval()
         >>> images = torch.randn(2, 3, 112, 112)
         >>> model(images).shape, model.forward_features(images).shape
         (torch.Size([2, 32]), torch.Size([2, 64, 7, 7]))
+        >>> torch.equal(model.forward_head(model.forward_features(images)), model(images))
+        True
     """
 
     def __init__(
@@ -141,8 +150,8 @@ class IResNet(nn.Module):
             raise ValueError(
                 f"layers, widths: expected 4 stages each, received {tuple(layers)}, {tuple(widths)}"
             )
-        if pooling not in ("fc", "gnap"):
-            raise ValueError(f"pooling: expected 'fc' or 'gnap', received {pooling!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling: expected one of {POOLINGS}, received {pooling!r}")
         self.embedding_size = embedding_size
         self.input_size = tuple(input_size)
         self.pooling = pooling
@@ -150,10 +159,19 @@ class IResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(widths[0], eps=1e-5)
         self.prelu = nn.PReLU(widths[0])
         previous = widths[0]
+        self.feature_info = []
         for index, (blocks, width) in enumerate(zip(layers, widths, strict=True), start=1):
             stage = [IBasicBlock(previous, width, stride=2)]
             stage += [IBasicBlock(width, width) for _ in range(blocks - 1)]
             self.add_module(f"layer{index}", nn.Sequential(*stage))
+            self.feature_info.append(
+                {
+                    "module": f"layer{index}",
+                    "num_chs": width,
+                    "reduction": 2**index,
+                    "blocks": tuple(f"layer{index}.{i}" for i in range(blocks)),
+                }
+            )
             previous = width
         self.feature_size = tuple(math.ceil(s / 16) for s in self.input_size)
         if pooling == "fc":
@@ -163,18 +181,17 @@ class IResNet(nn.Module):
                 previous * self.feature_size[0] * self.feature_size[1], embedding_size
             )
             self.features = nn.BatchNorm1d(embedding_size, eps=1e-5)
+        elif pooling == "gap":
+            self.gap = EmbeddingHead("gap", previous, embedding_size, dropout=dropout)
         else:
-            from faceaux.layers.gnap import GNAP
-
-            out_features = None if embedding_size == previous else embedding_size
-            self.gnap = GNAP(previous, out_features=out_features)
+            self.gnap = GNAP(previous, out_features=embedding_size)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """InsightFace's initialisation: conv weights N(0, 0.1²), BN weight 1 and bias 0."""
         for name, module in self.named_modules():
-            if name.startswith("gnap"):
-                continue  # GNAP initialises itself (its BN weights are fixed to 1)
+            if name.startswith(("gnap", "gap")):
+                continue  # the output stage initialises itself (fixed-scale BatchNorms)
             if isinstance(module, nn.Conv2d):
                 nn.init.normal_(module.weight, 0.0, 0.1)
             elif isinstance(module, nn.BatchNorm2d):
@@ -184,73 +201,61 @@ class IResNet(nn.Module):
             nn.init.ones_(self.features.weight)
             self.features.weight.requires_grad_(False)
 
-    @property
-    def in_channels(self) -> int:
-        """Input channels: ``conv1``'s, so growing it (``expand_input_channels``) updates it."""
-        return self.conv1.in_channels
-
-    def _check_images(self, images: torch.Tensor) -> None:
-        sizes = (None, self.in_channels, *self.input_size) if self.pooling == "fc" else None
-        if sizes is None:
-            sizes = (None, self.in_channels, None, None)
-        check_tensor(images, "images", "(B, C, H, W)", sizes=sizes, floating=True)
-
-    def stem(self, images: torch.Tensor) -> torch.Tensor:
+    def forward_stem(self, images: torch.Tensor) -> torch.Tensor:
         """conv1 → bn1 → prelu: (B, in_channels, H, W) → (B, widths[0], H, W)."""
+        sizes = (None, self.in_channels, *self.input_size) if self.pooling == "fc" else None
+        check_tensor(
+            images,
+            "images",
+            "(B, C, H, W)",
+            sizes=sizes or (None, self.in_channels, None, None),
+            floating=True,
+        )
         return self.prelu(self.bn1(self.conv1(images)))
 
-    def body(self, x: torch.Tensor) -> torch.Tensor:
-        """The four stages: (B, widths[0], H, W) → (B, widths[-1], ⌈H/16⌉, ⌈W/16⌉)."""
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
-
-    def pool(self, feature_map: torch.Tensor) -> torch.Tensor:
-        """The output block applied to the last stage's output → (B, D)."""
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """The output block: last stage's map (B, widths[-1], h, w) → embedding (B, D)."""
         if self.pooling == "gnap":
-            return self.gnap(feature_map)
-        x = self.dropout(torch.flatten(self.bn2(feature_map), 1))
+            return self.gnap(features)
+        if self.pooling == "gap":
+            return self.gap(features)
+        x = self.dropout(torch.flatten(self.bn2(features), 1))
         return self.features(self.fc(x))
-
-    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """The pre-pooling feature map (B, widths[-1], ⌈H/16⌉, ⌈W/16⌉)."""
-        self._check_images(images)
-        x = self.body(self.stem(images))
-        return self.bn2(x) if self.pooling == "fc" else x
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Embedding (B, D) of images (B, in_channels, H, W)."""
-        self._check_images(images)
-        return self.pool(self.body(self.stem(images)))
 
 
 def _iresnet(layers: Sequence[int], **kwargs) -> IResNet:
     return IResNet(layers, **kwargs)
 
 
-@register_model
+_ARCFACE = "ArcFace (CVPR 2019), §3.2"
+_SMALL = {"widths": (8, 16, 32, 64), "embedding_size": 32}
+
+
+@register_model(paper=_ARCFACE, small=_SMALL)
 def iresnet18(**kwargs) -> IResNet:
     """IResNet-18 (2, 2, 2, 2); 24,025,600 parameters at D = 512. kwargs → :class:`IResNet`."""
     return _iresnet((2, 2, 2, 2), **kwargs)
 
 
-@register_model
+@register_model(paper=_ARCFACE, small=_SMALL)
 def iresnet34(**kwargs) -> IResNet:
     """IResNet-34 (3, 4, 6, 3); 34,139,328 parameters. kwargs → :class:`IResNet`."""
     return _iresnet((3, 4, 6, 3), **kwargs)
 
 
-@register_model
+@register_model(paper=_ARCFACE, small=_SMALL)
 def iresnet50(**kwargs) -> IResNet:
     """IResNet-50 (3, 4, 14, 3); 43,590,848 parameters. kwargs → :class:`IResNet`."""
     return _iresnet((3, 4, 14, 3), **kwargs)
 
 
-@register_model
+@register_model(paper=_ARCFACE, small=_SMALL)
 def iresnet100(**kwargs) -> IResNet:
     """IResNet-100 (3, 13, 30, 3); 65,156,160 parameters. kwargs → :class:`IResNet`."""
     return _iresnet((3, 13, 30, 3), **kwargs)
 
 
-@register_model
+@register_model(embedding_size=128, paper="faceaux's tiny IResNet for tests and demos")
 def iresnet_nano(**kwargs) -> IResNet:
     """A tiny IResNet for tests and demos: (1, 1, 1, 1) blocks, widths (16, 32, 64, 128), D = 128.
 
@@ -262,7 +267,7 @@ def iresnet_nano(**kwargs) -> IResNet:
     return _iresnet((1, 1, 1, 1), **kwargs)
 
 
-@register_model
+@register_model(baseline="iresnet18", paper="GNAP, Table 1 LResNet18E (FasterFC)", small=_SMALL)
 def lresnet18e(**kwargs) -> IResNet:
     """LResNet18E-IR, the GNAP paper's baseline (§4, Table 1): ArcFace's 18-layer IR network with
     the "E" output block (BN → dropout → FC → BN).
@@ -270,12 +275,16 @@ def lresnet18e(**kwargs) -> IResNet:
     This is the network InsightFace's MXNet code names ``LResNet18E-IR`` and its PyTorch code
     ``iresnet18``: the same layers, so the same parameter count (24,025,600 at D = 512). It is
     registered under the paper's name so that ``lresnet18e`` vs ``iresnet18_gnap`` reads as the
-    paper's Table 1 comparison. kwargs → :class:`IResNet`.
+    paper's Table 1 comparison. Its dropout defaults to 0.4, InsightFace's for the "E" block
+    (``iresnet18`` keeps the PyTorch code's 0). The three rows of Table 1 are
+    ``lresnet18e()``, ``lresnet18e(pooling="gap")`` and ``lresnet18e(pooling="gnap")``.
+    kwargs → :class:`IResNet`.
     """
+    kwargs.setdefault("dropout", 0.4)
     return _iresnet((2, 2, 2, 2), **kwargs)
 
 
-@register_model
+@register_model(baseline="iresnet18", paper="GNAP, Table 1 LResNet18E(GNAP)", small=_SMALL)
 def iresnet18_gnap(**kwargs) -> IResNet:
     """LResNet18E(GNAP) of the GNAP paper (§4, Table 1): GNAP replaces BN → dropout → FC → BN.
 

@@ -27,6 +27,9 @@ import torch
 from torch import nn
 
 from faceaux._checks import check_tensor
+from faceaux.layers.gnap import GNAP
+from faceaux.models.embedding_head import EmbeddingHead
+from faceaux.models.features import StagedBackbone
 from faceaux.models.registry import register_model
 
 __all__ = ["MOBILEFACENET_SETTING", "ConvBN", "InvertedResidual", "MobileFaceNet"]
@@ -112,16 +115,22 @@ class InvertedResidual(nn.Module):
         return x + out if self.use_residual else out
 
 
-class MobileFaceNet(nn.Module):
+class MobileFaceNet(StagedBackbone):
     """MobileFaceNet (Table 1 of the MobileFaceNets paper), optionally with the GNAP head.
+
+    It speaks the stage contract of :mod:`faceaux.models.features`. Stem: ``conv1`` →
+    ``conv2_dw`` (56×56 at 112×112); a new stage starts at every stride-2 bottleneck, so the
+    three stages are ``blocks.0``–``blocks.4`` (28×28, 64 channels), ``blocks.5``–``blocks.11``
+    (14×14, 128) and ``blocks.12``–``blocks.14`` + ``conv_sep`` (7×7, 512); the output stage is
+    the GDConv head (or GAP / GNAP).
 
     Args:
         embedding_size: D (the paper uses 128; default 512 like the other reference models).
         setting: bottleneck configuration, default :data:`MOBILEFACENET_SETTING`.
         input_size: (H, W); the GDConv kernel is the final map size (7×7 at 112×112).
-        pooling: ``"gdc"`` (linear GDConv → flatten → linear 1×1 conv (bias-free) → BN1d) or
-            ``"gnap"`` (GNAP paper's MobileFaceNet+: :class:`faceaux.GNAP` on the 512-channel
-            map).
+        pooling: ``"gdc"`` (linear GDConv → flatten → linear 1×1 conv (bias-free) → BN1d),
+            ``"gap"`` (:class:`faceaux.models.EmbeddingHead` ``"gap"``) or ``"gnap"`` (GNAP
+            paper's MobileFaceNet+: :class:`faceaux.GNAP` on the 512-channel map).
 
     Shape:
         - images: (B, 3, H, W).
@@ -143,57 +152,78 @@ class MobileFaceNet(nn.Module):
         pooling: str = "gdc",
     ) -> None:
         super().__init__()
-        if pooling not in ("gdc", "gnap"):
-            raise ValueError(f"pooling: expected 'gdc' or 'gnap', received {pooling!r}")
+        if pooling not in ("gdc", "gap", "gnap"):
+            raise ValueError(f"pooling: expected 'gdc', 'gap' or 'gnap', received {pooling!r}")
         self.embedding_size = embedding_size
         self.input_size = tuple(input_size)
         self.pooling = pooling
+        self.first_conv = "conv1.conv"
         self.conv1 = ConvBN(3, 64, 3, stride=2)
         self.conv2_dw = ConvBN(64, 64, 3, groups=64)
         blocks: list[nn.Module] = []
+        stages: list[list[str]] = []  # a new stage starts at every stride-2 bottleneck
+        widths: list[int] = []
         channels = 64
         for expansion, out_channels, repeats, stride in setting:
             for index in range(repeats):
-                blocks.append(
-                    InvertedResidual(channels, out_channels, expansion, stride if index == 0 else 1)
-                )
-                channels = out_channels
+                block_stride = stride if index == 0 else 1
+                if block_stride == 2 or not stages:
+                    stages.append([])
+                    widths.append(out_channels)
+                stages[-1].append(f"blocks.{len(blocks)}")
+                blocks.append(InvertedResidual(channels, out_channels, expansion, block_stride))
+                channels = widths[-1] = out_channels
         self.blocks = nn.Sequential(*blocks)
         self.conv_sep = ConvBN(channels, 512, 1)
+        stages[-1].append("conv_sep")
+        widths[-1] = 512
+        self.feature_info = [
+            {
+                "module": names[-1],
+                "num_chs": width,
+                "reduction": 4 * 2**index,
+                "blocks": tuple(names),
+            }
+            for index, (names, width) in enumerate(zip(stages, widths, strict=True))
+        ]
         self.feature_size = tuple(math.ceil(s / 16) for s in self.input_size)
         if pooling == "gdc":
             self.gdc = ConvBN(512, 512, self.feature_size, groups=512, padding=0, activation=False)
             self.linear = nn.Linear(512, embedding_size, bias=False)
             self.features = nn.BatchNorm1d(embedding_size)
+        elif pooling == "gap":
+            self.gap = EmbeddingHead("gap", 512, embedding_size)
         else:
-            from faceaux.layers.gnap import GNAP
+            self.gnap = GNAP(512, out_features=embedding_size)
 
-            self.gnap = GNAP(512, out_features=None if embedding_size == 512 else embedding_size)
+    def forward_stem(self, images: torch.Tensor) -> torch.Tensor:
+        """conv1 (stride 2) → depthwise conv2_dw: (B, 3, H, W) → (B, 64, H/2, W/2)."""
+        check_tensor(
+            images,
+            "images",
+            "(B, C, H, W)",
+            sizes=(None, self.in_channels, None, None),
+            floating=True,
+        )
+        return self.conv2_dw(self.conv1(images))
 
-    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """The 512-channel map before the GDConv / GNAP head, (B, 512, ⌈H/16⌉, ⌈W/16⌉)."""
-        check_tensor(images, "images", "(B, 3, H, W)", sizes=(None, 3, None, None), floating=True)
-        return self.conv_sep(self.blocks(self.conv2_dw(self.conv1(images))))
-
-    def pool(self, feature_map: torch.Tensor) -> torch.Tensor:
-        """The head: (B, 512, h, w) → (B, D)."""
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """The output stage: (B, 512, h, w) → (B, D)."""
         if self.pooling == "gnap":
-            return self.gnap(feature_map)
-        return self.features(self.linear(torch.flatten(self.gdc(feature_map), 1)))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Embedding (B, D) of images (B, 3, H, W)."""
-        return self.pool(self.forward_features(images))
+            return self.gnap(features)
+        if self.pooling == "gap":
+            return self.gap(features)
+        return self.features(self.linear(torch.flatten(self.gdc(features), 1)))
 
 
-@register_model
+@register_model(paper="MobileFaceNets (2018), Table 1")
 def mobilefacenet(**kwargs) -> MobileFaceNet:
     """MobileFaceNet with the GDConv head: 1,003,136 parameters at D = 128 (1,200,512 at the
     default D = 512); the paper reports 0.99 M at D = 128."""
     return MobileFaceNet(**kwargs)
 
 
-@register_model
+@register_model(baseline="mobilefacenet", paper="GNAP, Table 2 MobileFaceNet+")
 def mobilefacenet_gnap(**kwargs) -> MobileFaceNet:
     """MobileFaceNet+ of the GNAP paper (§4, Table 2): GNAP replaces the GDConv head."""
     kwargs["pooling"] = "gnap"

@@ -6,8 +6,9 @@ Fig. 1 / §3.3 of the paper: 112×96 input; convolutional layers (3×3, stride 1
 and 3 — with padding 1, stride 1 and an identity bypass summed to the output); a 1024-d fully
 connected layer (the face representation, trained with the identity loss) and, for attributes
 only, a second 1024-d fully connected layer then ``W_a`` (:class:`faceaux.AttributeHead`,
-configuration 1 of Fig. 9). BatchNorm follows every conv / FC layer and PReLU follows the BN;
-dropout 0.5 on the FC layers (§4.1).
+configuration 1 of Fig. 9) — the registered models are :class:`faceaux.models.FaceRecognizer`
+configurations of the trunk and that head. BatchNorm follows every conv / FC layer and PReLU
+follows the BN; dropout 0.5 on the FC layers (§4.1).
 
 What the text leaves open, and what we chose (Fig. 1 itself is not in the text):
 
@@ -42,6 +43,7 @@ from torch import nn
 
 from faceaux._checks import check_tensor
 from faceaux.layers.attributes import CELEBA_FACE_ATTRIBUTES, AttributeHead
+from faceaux.models.features import StagedBackbone
 from faceaux.models.registry import register_model
 
 __all__ = ["MultiTaskBlock", "MultiTaskFaceNet"]
@@ -76,8 +78,15 @@ class MultiTaskBlock(nn.Module):
         return x + self.body(x)
 
 
-class MultiTaskFaceNet(nn.Module):
-    """The multi-task network: shared trunk → 1024-d embedding, plus an attribute head.
+class MultiTaskFaceNet(StagedBackbone):
+    """The multi-task network's shared trunk and identity embedding, with the stage contract.
+
+    The stem (two plain convs + max-pool), the four groups ``groups.0`` … ``groups.3`` (the
+    stages; each child — a transition conv, a max-pool or a block — is a block of the contract)
+    and the identity output stage (dropout → FC → BN → PReLU, the 1024-d representation ``f``).
+    The attribute branch of eq. 2 (``g`` then ``W_a``) is an :class:`faceaux.AttributeHead` on
+    ``f``: the registered ``mtl_attr_full`` / ``mtl_attr_fast`` are
+    :class:`faceaux.models.FaceRecognizer` configurations holding both.
 
     Args:
         block_convs: 3 (Full-Model) or 2 (Fast-Model).
@@ -85,16 +94,13 @@ class MultiTaskFaceNet(nn.Module):
         widths: filters per group (64, 128, 256, 512).
         stem_widths: the two stem convs (32, 64).
         embedding_size: D, the first FC (1024).
-        num_attributes: M (7: :data:`faceaux.CELEBA_FACE_ATTRIBUTES`).
-        attribute_hidden: width of the attribute-only FC g (1024).
-        dropout: on the FC layers (0.5 in the paper's training).
+        dropout: on the FC (0.5 in the paper's training).
         input_size: (H, W) = (112, 96).
 
     Shape:
         - images: (B, 3, 112, 96)
         - output: (B, D) embedding
         - ``forward_features``: (B, 512, 5, 4), the last group's map
-        - ``forward_aux``: ``{"embedding": (B, D), "attributes": (B, M)}``
     """
 
     def __init__(
@@ -105,8 +111,6 @@ class MultiTaskFaceNet(nn.Module):
         widths: Sequence[int] = (64, 128, 256, 512),
         stem_widths: Sequence[int] = (32, 64),
         embedding_size: int = 1024,
-        num_attributes: int = len(CELEBA_FACE_ATTRIBUTES),
-        attribute_hidden: int = 1024,
         dropout: float = 0.5,
         input_size: tuple[int, int] = (112, 96),
     ) -> None:
@@ -117,6 +121,7 @@ class MultiTaskFaceNet(nn.Module):
             )
         self.input_size = tuple(input_size)
         self.embedding_size = embedding_size
+        self.first_conv = "stem.0.0"
         self.stem = nn.Sequential(
             _conv_bn_prelu(3, stem_widths[0], 0),
             _conv_bn_prelu(stem_widths[0], stem_widths[1], 0),
@@ -135,6 +140,15 @@ class MultiTaskFaceNet(nn.Module):
             groups.append(nn.Sequential(*layers))
             channels = group_width
         self.groups = nn.Sequential(*groups)
+        self.feature_info = [
+            {
+                "module": f"groups.{index}",
+                "num_chs": widths[index],
+                "reduction": 2 ** (index + 1),
+                "blocks": tuple(f"groups.{index}.{i}" for i in range(len(group))),
+            }
+            for index, group in enumerate(groups)
+        ]
         if height < 1 or width < 1:
             raise ValueError(f"input_size: {self.input_size} is too small for this network")
         self.feature_size = (height, width)
@@ -142,37 +156,58 @@ class MultiTaskFaceNet(nn.Module):
         self.fc = nn.Linear(channels * height * width, embedding_size, bias=False)
         self.bn = nn.BatchNorm1d(embedding_size)
         self.prelu = nn.PReLU(embedding_size)
-        self.attributes = AttributeHead(
-            embedding_size, num_attributes, hidden_features=attribute_hidden, dropout=dropout
-        )
 
-    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """The last group's feature map, (B, 512, 5, 4) at 112×96."""
+    def forward_stem(self, images: torch.Tensor) -> torch.Tensor:
+        """Two plain 3×3 convs and a max-pool: (B, 3, 112, 96) → (B, 64, 54, 46)."""
         check_tensor(
-            images, "images", "(B, 3, H, W)", sizes=(None, 3, *self.input_size), floating=True
+            images,
+            "images",
+            "(B, C, H, W)",
+            sizes=(None, self.in_channels, *self.input_size),
+            floating=True,
         )
-        return self.groups(self.stem(images))
+        return self.stem(images)
 
-    def _embed(self, feature_map: torch.Tensor) -> torch.Tensor:
-        return self.prelu(self.bn(self.fc(self.dropout(torch.flatten(feature_map, 1)))))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """The 1024-d face representation (the identity branch), (B, D)."""
-        return self._embed(self.forward_features(images))
-
-    def forward_aux(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{"embedding": (B, D), "attributes": (B, M)}`` — the two heads of eq. 2."""
-        embedding = self.forward(images)
-        return {"embedding": embedding, "attributes": self.attributes(embedding)}
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """The identity branch's FC → BN → PReLU: (B, 512, 5, 4) → the 1024-d ``f``."""
+        return self.prelu(self.bn(self.fc(self.dropout(torch.flatten(features, 1)))))
 
 
-@register_model
-def mtl_attr_full(**kwargs) -> MultiTaskFaceNet:
-    """Full-Model: three-conv building blocks (Fig. 2). kwargs → :class:`MultiTaskFaceNet`."""
-    return MultiTaskFaceNet(3, **kwargs)
+def _multitask(block_convs: int, **kwargs) -> nn.Module:
+    from faceaux.models.recognizer import FaceRecognizer
+
+    num_attributes = kwargs.pop("num_attributes", len(CELEBA_FACE_ATTRIBUTES))
+    attribute_hidden = kwargs.pop("attribute_hidden", 1024)
+    backbone = MultiTaskFaceNet(block_convs, **kwargs)
+    head = AttributeHead(
+        backbone.embedding_size,
+        num_attributes,
+        hidden_features=attribute_hidden,
+        dropout=backbone.dropout.p,
+    )
+    return FaceRecognizer(backbone, attributes=head)
 
 
-@register_model
-def mtl_attr_fast(**kwargs) -> MultiTaskFaceNet:
-    """Fast-Model: two-conv building blocks (Fig. 3). kwargs → :class:`MultiTaskFaceNet`."""
-    return MultiTaskFaceNet(2, **kwargs)
+_MTL_CFG = {
+    "input_size": (3, 112, 96),
+    "embedding_size": 1024,
+    "paper": "multitask-face-attributes (Fig. 1, Table 4)",
+    "small": {"widths": (8, 16, 32, 64), "embedding_size": 64, "attribute_hidden": 32},
+}
+
+
+@register_model(baseline="mtl_attr_fast", **_MTL_CFG)
+def mtl_attr_full(**kwargs) -> nn.Module:
+    """Full-Model (three-conv blocks, Fig. 2) + the attribute head (Fig. 9 configuration 1).
+
+    A :class:`faceaux.models.FaceRecognizer` with a :class:`MultiTaskFaceNet` backbone and an
+    :class:`faceaux.AttributeHead` (``num_attributes`` = 7, ``attribute_hidden`` = 1024, the
+    backbone's ``dropout``). kwargs → :class:`MultiTaskFaceNet` plus those two.
+    """
+    return _multitask(3, **kwargs)
+
+
+@register_model(**_MTL_CFG)
+def mtl_attr_fast(**kwargs) -> nn.Module:
+    """Fast-Model (two-conv blocks, Fig. 3) + the attribute head; see :func:`mtl_attr_full`."""
+    return _multitask(2, **kwargs)

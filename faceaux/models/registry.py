@@ -1,9 +1,13 @@
 """Model registry: build any reference model by name, timm-style.
 
-``register_model`` adds a builder function under its name, ``list_models`` lists the names and
-``create_model`` builds one, optionally loading a state dict from a file the user supplies
-(``torch.load(path, weights_only=True)``; there is no download path, the library never touches
-the network).
+``register_model`` adds a builder function under its name together with the model's
+configuration (input size, normalisation, embedding size, side networks it needs, the plain
+backbone it is compared with …), ``list_models`` lists the names, ``get_model_cfg`` returns a
+configuration and ``create_model`` builds one — attaching that configuration as
+``model.pretrained_cfg``, timm's name — optionally loading a state dict from a file the user
+supplies (``torch.load(path, weights_only=True)``; there is no download path, the library never
+touches the network). The registry is the one table that ``faceaux bench``, the demo and the
+tests read.
 
 Examples:
     >>> from faceaux.models import create_model, list_models
@@ -16,21 +20,58 @@ Examples:
 
 from __future__ import annotations
 
+import copy
 import difflib
 import fnmatch
 import importlib
 import os
+import pickle
 from collections.abc import Callable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
-__all__ = ["create_model", "list_models", "load_checkpoint", "register_model"]
+__all__ = [
+    "DEFAULT_CFG",
+    "create_model",
+    "get_model_cfg",
+    "list_models",
+    "load_checkpoint",
+    "register_model",
+]
 
 Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+_CFGS: dict[str, dict[str, Any]] = {}
+
+DEFAULT_CFG: dict[str, Any] = {
+    "input_size": (3, 112, 112),
+    "mean": (0.5, 0.5, 0.5),
+    "std": (0.5, 0.5, 0.5),
+    "embedding_size": 512,
+    "side_networks": (),
+    "baseline": None,
+    "paper": None,
+    "small": {},
+}
+"""Every registered model's configuration, with these defaults (timm's ``pretrained_cfg`` keys
+where timm has one):
+
+- ``input_size``: ``(C, H, W)`` of the images the model is built for.
+- ``mean``, ``std``: per-channel normalisation of images in [0, 1]: the model expects
+  ``(image − mean) / std`` — (0.5, 0.5) is InsightFace's ``(x − 127.5) / 127.5`` to [−1, 1].
+- ``embedding_size``: D of ``model(images)`` with the default arguments.
+- ``side_networks``: frozen networks the model needs to be meaningful (``"fan"``, ``"parser"``);
+  built randomly (with a warning) when not given.
+- ``baseline``: the plain backbone the model's overhead is measured against (``faceaux bench``).
+- ``paper``: the paper and table the configuration reproduces.
+- ``small``: builder arguments for a narrow version with the same structure (tests, quick runs).
+
+Shape:
+    A ``dict``; no tensors.
+"""
 
 # Modules whose import registers the built-in models. Imported lazily by ``list_models`` and
 # ``create_model`` so that ``faceaux.models.registry`` can be imported by the model files
@@ -50,15 +91,25 @@ def _import_builtins() -> None:
         importlib.import_module(module_name)
 
 
-def register_model(fn: Builder | None = None, *, name: str | None = None):
-    """Register a model builder under ``name`` (default: the function's name).
+def register_model(fn: Builder | None = None, *, name: str | None = None, **cfg: Any):
+    """Register a model builder under ``name`` (default: the function's name) with its config.
 
-    Use as ``@register_model`` or ``@register_model(name="my_net")``. The builder takes keyword
-    arguments only (the model's configuration) and returns an ``nn.Module``.
+    Use as ``@register_model`` or ``@register_model(name="my_net", input_size=(3, 112, 96))``.
+    The builder takes keyword arguments only (the model's configuration) and returns an
+    ``nn.Module``; ``cfg`` overrides entries of :data:`DEFAULT_CFG`.
+
+    Shape:
+        No tensors: returns the builder (or a decorator).
 
     Raises:
-        ValueError: a different builder is already registered under that name.
+        ValueError: a different builder is already registered under that name, or ``cfg`` has a
+            key :data:`DEFAULT_CFG` does not know.
     """
+    unknown = sorted(set(cfg) - set(DEFAULT_CFG))
+    if unknown:
+        raise ValueError(
+            f"register_model: unknown config keys {unknown}; known: {sorted(DEFAULT_CFG)}"
+        )
 
     def decorate(builder: Builder) -> Builder:
         key = name or builder.__name__
@@ -66,9 +117,41 @@ def register_model(fn: Builder | None = None, *, name: str | None = None):
         if existing is not None and existing.__qualname__ != builder.__qualname__:
             raise ValueError(f"register_model: a model named {key!r} is already registered")
         _MODELS[key] = builder
+        _CFGS[key] = {**copy.deepcopy(DEFAULT_CFG), **copy.deepcopy(cfg), "name": key}
         return builder
 
     return decorate(fn) if fn is not None else decorate
+
+
+def _check_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected a model name (str), received {type(name).__name__}")
+    _import_builtins()
+    if name not in _MODELS:
+        close = difflib.get_close_matches(name, list(_MODELS), n=5, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"name: unknown model {name!r}{hint} (see faceaux.models.list_models() for all "
+            f"{len(_MODELS)} names)"
+        )
+    return name
+
+
+def get_model_cfg(name: str) -> dict[str, Any]:
+    """The configuration of registered model ``name`` (a copy; keys of :data:`DEFAULT_CFG`).
+
+    Args:
+        name: a name from :func:`list_models`.
+
+    Shape:
+        No tensors: a ``dict``; ``input_size`` is ``(C, H, W)``.
+
+    Examples:
+        >>> cfg = get_model_cfg("mtl_attr_fast")
+        >>> cfg["input_size"], cfg["embedding_size"], cfg["baseline"]
+        ((3, 112, 96), 1024, None)
+    """
+    return copy.deepcopy(_CFGS[_check_name(name)])
 
 
 def list_models(pattern: str | None = None) -> list[str]:
@@ -84,6 +167,8 @@ def list_models(pattern: str | None = None) -> list[str]:
         >>> list_models("*gnap")
         ['iresnet18_gnap', 'mobilefacenet_gnap']
     """
+    if pattern is not None and not isinstance(pattern, str):
+        raise TypeError(f"pattern: expected a str or None, received {type(pattern).__name__}")
     _import_builtins()
     names = sorted(_MODELS)
     if pattern is not None:
@@ -105,14 +190,29 @@ def load_checkpoint(
             differs from the model's, or (``strict=True``) keys are missing / unexpected; the
             message lists them.
     """
-    state = torch.load(os.fspath(checkpoint_path), map_location="cpu", weights_only=True)
-    if not isinstance(state, Mapping):
+    path = os.fspath(checkpoint_path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as error:
         raise ValueError(
-            f"checkpoint_path: expected a state dict (a mapping of names to tensors) in "
-            f"{os.fspath(checkpoint_path)!r}, received {type(state).__name__}"
+            f"checkpoint_path: could not read {path!r} as a PyTorch state dict with "
+            f"torch.load(weights_only=True): {error}"
+        ) from error
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise ValueError(
+            f"checkpoint_path: expected a state dict (a mapping of str names to tensors) in "
+            f"{path!r}, received {type(state).__name__}"
+            + (" with non-str keys or non-tensor values" if isinstance(state, Mapping) else "")
         )
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
+    convert = getattr(model, "convert_state_dict", None)
+    if callable(convert):
+        state = convert(state)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -127,7 +227,7 @@ def load_checkpoint(
             return f"{items[:10]}{' …' if len(items) > 10 else ''}"
 
         raise ValueError(
-            f"checkpoint_path: {os.fspath(checkpoint_path)!r} does not match the model: "
+            f"checkpoint_path: {path!r} does not match the model: "
             f"missing keys {first(missing)}, unexpected keys {first(unexpected)}, "
             f"shape mismatches {first(mismatched)}"
         )
@@ -151,6 +251,9 @@ def create_model(
         strict: with ``checkpoint_path``, require the keys to match exactly.
         **kwargs: passed to the model's builder (e.g. ``embedding_size=256``).
 
+    The model gets ``model.pretrained_cfg``: its :func:`get_model_cfg` configuration (with
+    ``embedding_size`` and ``input_size`` updated from ``kwargs`` when given).
+
     Shape:
         The model's own contract; the recognizers map ``(B, 3, H, W)`` images (112×112 by
         default) to ``(B, embedding_size)`` embeddings (see the "Reference models" docs page).
@@ -163,16 +266,14 @@ def create_model(
         >>> model(torch.randn(2, 3, 112, 112)).shape
         torch.Size([2, 64])
     """
-    _import_builtins()
-    builder = _MODELS.get(name)
-    if builder is None:
-        close = difflib.get_close_matches(name, list(_MODELS), n=5, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(
-            f"name: unknown model {name!r}{hint} (see faceaux.models.list_models() for all "
-            f"{len(_MODELS)} names)"
-        )
+    builder = _MODELS[_check_name(name)]
     model = builder(**kwargs)
+    cfg = get_model_cfg(name)
+    if "embedding_size" in kwargs:
+        cfg["embedding_size"] = kwargs["embedding_size"]
+    if "input_size" in kwargs:
+        cfg["input_size"] = (cfg["input_size"][0], *tuple(kwargs["input_size"]))
+    model.pretrained_cfg = cfg
     if checkpoint_path is not None:
         load_checkpoint(model, checkpoint_path, strict=strict)
     return model

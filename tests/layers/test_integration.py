@@ -1,5 +1,6 @@
 """FAN-Face integration (§3.3–3.4): AdaIN, the BL/SL/AL integration layers, expanding the first
-convolution, and the hook-based FANFeatureIntegrator on backbones built here and on IResNet."""
+convolution, and FANFeatureIntegrator (the recognizer on a BackboneAdapter) on backbones built
+here and on IResNet."""
 
 from __future__ import annotations
 
@@ -13,13 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from faceaux.heatmaps import INTERNAL_51, HeatmapStacker
-from faceaux.layers.integration import (
-    FANFeatureIntegrator,
-    FANIntegrationLayer,
-    adain,
-    expand_input_channels,
-)
+from faceaux import FANFeatureIntegrator
+from faceaux.conventions import INTERNAL_51
+from faceaux.layers.heatmaps import HeatmapStacker
+from faceaux.layers.integration import FANIntegrationLayer, adain, expand_input_channels
 from faceaux.models import FAN
 from faceaux.models.iresnet import IResNet
 
@@ -328,8 +326,10 @@ def _integrated(fan: FAN, **kwargs) -> FANFeatureIntegrator:
 
 def _manual(model: FANFeatureIntegrator, x: torch.Tensor, features: dict) -> torch.Tensor:
     """The integrated forward pass written out stage by stage (1-1 connectivity)."""
-    net = model.backbone
-    h = F.relu(net.bn1(net.conv1(HeatmapStacker(INTERNAL_51)(x, features["heatmaps.2"]))))
+    net = model.backbone.model
+    h = F.relu(
+        net.bn1(net.conv1(HeatmapStacker(INTERNAL_51, normalize=None)(x, features["heatmaps.2"])))
+    )
     for name, key in H2L.items():
         h = model.integration[name](getattr(net, name)(h), features[key])
     return net.fc(h.mean(dim=(-2, -1)))
@@ -357,7 +357,7 @@ def test_integrated_model_trains_integration_but_not_fan(fan) -> None:
     assert not any(p.requires_grad for p in fan.parameters())
     fan_before = {k: v.clone() for k, v in fan.state_dict().items()}
     layer_before = {k: v.clone() for k, v in model.integration.state_dict().items()}
-    backbone_before = model.backbone.conv1.weight.detach().clone()
+    backbone_before = model.backbone.model.conv1.weight.detach().clone()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(trainable, lr=0.1, momentum=0.9, weight_decay=5e-4)
     logits = model(torch.rand(4, 3, 32, 32))
@@ -373,9 +373,9 @@ def test_integrated_model_trains_integration_but_not_fan(fan) -> None:
         for param in ("align.weight", "fuse.weight", "bn.weight", "act.weight", "norm.weight"):
             key = f"{name}.{param}"
             assert not torch.equal(model.integration.state_dict()[key], layer_before[key]), key
-    assert not torch.equal(model.backbone.conv1.weight, backbone_before)
+    assert not torch.equal(model.backbone.model.conv1.weight, backbone_before)
     assert not torch.equal(
-        model.backbone.conv1.weight[:, 3:], torch.zeros_like(backbone_before[:, 3:])
+        model.backbone.model.conv1.weight[:, 3:], torch.zeros_like(backbone_before[:, 3:])
     )
 
 
@@ -392,8 +392,8 @@ def test_one_to_many_gives_every_block_its_own_learnable_gamma(fan) -> None:
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         features = fan.forward_features(F.interpolate(x, size=(64, 64), mode="bilinear"))
-        net = model.backbone
-        h = F.relu(net.bn1(net.conv1(HeatmapStacker()(x, features["heatmaps.2"]))))
+        net = model.backbone.model
+        h = F.relu(net.bn1(net.conv1(HeatmapStacker(normalize=None)(x, features["heatmaps.2"]))))
         for name, key in H2L.items():
             for j, block in enumerate(getattr(net, name)):
                 h = model.integration[f"{name}__{j}"](block(h), features[key])
@@ -403,7 +403,7 @@ def test_one_to_many_gives_every_block_its_own_learnable_gamma(fan) -> None:
 def test_heatmap_modes(fan) -> None:
     x = torch.rand(2, 3, 32, 32)
     plain = _integrated(fan, heatmaps="none").eval()
-    assert plain.backbone.conv1.in_channels == 3
+    assert plain.backbone.model.conv1.in_channels == 3
     assert plain(x).shape == (2, 10)
     # "all" (H2+): at initialisation the per-connection projection is [I | 0], so the output
     # equals the "input" model with the same weights.
@@ -423,20 +423,31 @@ def test_heatmap_modes(fan) -> None:
     assert len(only_heatmaps.projection) == 4
 
 
-def test_separate_fan_input_and_preprocess(fan) -> None:
+def test_given_fan_features_and_image_range(fan) -> None:
     model = _integrated(fan).eval()
     x = torch.rand(2, 3, 32, 32)
-    fan_input = torch.rand(2, 3, 64, 64)
+    features = fan.forward_features(torch.rand(2, 3, 64, 64))
     with torch.no_grad():
-        separate = model(x, fan_input)
-        torch.testing.assert_close(separate, _manual(model, x, fan.forward_features(fan_input)))
-        model.fan_preprocess = lambda t: 1 - t
-        flipped = model(x)
-        torch.testing.assert_close(flipped, _manual(model, x, _fan_at_64(fan, 1 - x)))
-    with pytest.raises(ValueError, match=r"fan_input.*batch size 2"):
-        model(x, torch.rand(3, 3, 64, 64))
-    with pytest.raises(ValueError, match=r"x.*size 3 at dim 1"):
+        given = model(x, fan_features=features)
+        torch.testing.assert_close(given, _manual(model, x, features))
+        model.image_range = (-1.0, 1.0)  # inputs in [-1, 1]: FAN sees (x + 1) / 2
+        shifted = model(x * 2 - 1)
+        torch.testing.assert_close(shifted, _manual(model, x * 2 - 1, _fan_at_64(fan, x)))
+    with pytest.raises(ValueError, match=r"images.*size 3 at dim 1"):
         model(torch.rand(2, 4, 32, 32))
+
+
+def test_integrator_grows_the_first_convolution(fan) -> None:
+    backbone = _randomise(TinyResNet(3))
+    reference = copy.deepcopy(backbone).eval()
+    model = FANFeatureIntegrator(
+        backbone, fan, H2L, fan_input_size=FAN_SIZE, input_size=(32, 32), gamma=0.0
+    ).eval()
+    assert backbone.conv1.in_channels == 3 + 51
+    assert torch.equal(backbone.conv1.weight[:, 3:], torch.zeros(8, 51, 3, 3))
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():  # γ = 0 and zero heatmap filters: exactly the original network
+        torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)
 
 
 def test_integrator_errors(fan) -> None:
@@ -444,41 +455,34 @@ def test_integrator_errors(fan) -> None:
     build = lambda **kw: FANFeatureIntegrator(  # noqa: E731
         backbone, fan, fan_input_size=FAN_SIZE, input_size=(32, 32), **kw
     )
-    with pytest.raises(ValueError, match="no module named 'layer9'"):
+    with pytest.raises(ValueError, match=r"stages: .*not found: \['layer9'\]"):
         build(connections={"layer9": "h2l.2.64"})
     with pytest.raises(ValueError, match=r"unknown FAN feature keys \['h2l\.3\.64'\]"):
         build(connections={"layer1": "h2l.3.64"})
-    with pytest.raises(ValueError, match="'1-many' needs a container"):
-        build(connections={"conv1": "h2l.2.64"}, connectivity="1-many")
-    with pytest.raises(ValueError, match="expand_input_channels"):
-        FANFeatureIntegrator(TinyResNet(3), fan, H2L, fan_input_size=FAN_SIZE, input_size=(32, 32))
+    with pytest.raises(ValueError, match="first convolution takes 5"):
+        FANFeatureIntegrator(TinyResNet(5), fan, H2L, fan_input_size=FAN_SIZE, input_size=(32, 32))
     with pytest.raises(ValueError, match="connectivity"):
         build(connections=H2L, connectivity="all")
     with pytest.raises(ValueError, match="heatmaps"):
         build(connections=H2L, heatmaps="some")
-    with pytest.raises(ValueError, match="forward_features"):
-        FANFeatureIntegrator(backbone, nn.Conv2d(3, 3, 1), H2L)
+    with pytest.raises(TypeError, match="forward_features"):
+        FANFeatureIntegrator(backbone, nn.Conv2d(3, 3, 1), H2L, input_size=(32, 32))
 
 
-def test_hooks_are_inert_outside_the_integrator_and_removable(fan) -> None:
+def test_hooks_are_inert_outside_the_integrator(fan) -> None:
     model = _integrated(fan).eval()
-    bare = copy.deepcopy(model.backbone)
-    bare_hooks = [h for m in bare.modules() for h in m._forward_hooks.values()]
-    for hook in bare_hooks:  # the copied hooks point at a copied integrator: drop them
-        hook.integrator.remove_hooks()
+    bare = copy.deepcopy(model.backbone.model)  # carries the adapter's (inert) hooks along
     stacked = torch.rand(2, 3 + 51, 32, 32)
+    x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(model.backbone(stacked), bare(stacked))  # inactive hooks
-        x = torch.rand(2, 3, 32, 32)
+        torch.testing.assert_close(model.backbone.model(stacked), bare(stacked))
         integrated = model(x)
-        model.remove_hooks()
-        plain = model(x)
         features = _fan_at_64(fan, x)
-        torch.testing.assert_close(plain, bare(HeatmapStacker()(x, features["heatmaps.2"])))
+        plain = bare(HeatmapStacker(normalize=None)(x, features["heatmaps.2"]))
     assert not torch.allclose(integrated, plain)
 
 
-def test_deepcopy_keeps_hooks_on_the_copy(fan) -> None:
+def test_deepcopy_gives_an_independent_model(fan) -> None:
     model = _integrated(fan).eval()
     twin = copy.deepcopy(model)
     x = torch.rand(2, 3, 32, 32)
@@ -505,10 +509,10 @@ def test_works_on_iresnet(fan) -> None:
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         features = _fan_at_64(fan, x)
-        h = backbone.stem(HeatmapStacker()(x, features["heatmaps.2"]))
+        h = backbone.forward_stem(HeatmapStacker(normalize=None)(x, features["heatmaps.2"]))
         for name, key in H2L.items():
             h = model.integration[name](getattr(backbone, name)(h), features[key])
-        torch.testing.assert_close(model(x), backbone.pool(h))
+        torch.testing.assert_close(model(x), backbone.forward_head(h))
     assert [model.integration[n].frn_channels for n in H2L] == [8, 16, 24, 32]
 
 
@@ -519,7 +523,7 @@ def test_layer_compiles() -> None:
 
 
 def test_integrator_compiles() -> None:
-    """torch.compile traces FAN, the hooks and the integration layers as one graph.
+    """torch.compile traces FAN, the adapter's hooks and the integration layers as one graph.
 
     The aot_eager backend checks dynamo's tracing through the forward hooks and AOT autograd;
     inductor's C++ code generation for the whole FAN takes over a minute on a 2-core CPU, far

@@ -162,9 +162,10 @@ def test_forward_backward_and_features(nano: IResNet) -> None:
     with torch.no_grad():
         fmap = nano.forward_features(images)
         assert fmap.shape == (2, 128, 7, 7)
-        # the embedding is the output block applied to the feature map
-        expected = nano.features(nano.fc(torch.flatten(fmap, 1)))
+        # the embedding is the output block (BN2d → flatten → FC → BN1d) applied to the map
+        expected = nano.features(nano.fc(torch.flatten(nano.bn2(fmap), 1)))
         torch.testing.assert_close(nano(images), expected)
+        torch.testing.assert_close(nano.forward_head(fmap), expected)
 
 
 def test_bad_input(nano: IResNet) -> None:

@@ -77,4 +77,4 @@ def test_bad_input(model: MobileFaceNet) -> None:
     with pytest.raises(ValueError, match="images"):
         model(torch.randn(2, 1, 112, 112))
     with pytest.raises(ValueError, match="pooling"):
-        MobileFaceNet(pooling="gap")
+        MobileFaceNet(pooling="avg")

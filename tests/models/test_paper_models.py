@@ -18,9 +18,10 @@ from model_configs import ALL_MODELS, NARROW, input_size, small_fan, small_kwarg
 
 from faceaux import GNAP, PartMaskPooling, StructureCorrelation
 from faceaux.bench import count_flops, count_parameters
-from faceaux.models import create_model, list_models
-from faceaux.models.fanface import FANFace, fanface_connections
-from faceaux.models.fsenet import FSENET_PARTS, HELEN_CLASSES, FSENet
+from faceaux.conventions import FSENET_PARTS, PARSING_CLASSES
+from faceaux.models import FaceRecognizer, create_model, get_model_cfg, list_models
+from faceaux.models.fanface import fanface_connections
+from faceaux.models.fsenet import fsenet
 
 
 def test_list_models_has_every_name() -> None:
@@ -61,8 +62,7 @@ def test_full_size_graph_on_meta_device(name: str) -> None:
         images = torch.zeros(2, 3, *input_size(name), requires_grad=True)
         out = model(images)
         out.sum().backward()
-    expected = {"fsenet_iresnet50": 512 + 828, "mtl_attr_full": 1024, "mtl_attr_fast": 1024}
-    assert out.shape == (2, expected.get(name, 128 if name == "iresnet_nano" else 512))
+    assert out.shape == (2, get_model_cfg(name)["embedding_size"])
     assert images.grad.shape == images.shape
 
 
@@ -133,8 +133,9 @@ def test_fanface_wiring_and_frozen_fan() -> None:
     }
     fan = small_fan()
     model = create_model("fanface_iresnet34", fan=fan, fan_input_size=64, widths=NARROW)
-    assert isinstance(model, FANFace)
+    assert isinstance(model, FaceRecognizer)
     assert model.backbone.conv1.in_channels == 3 + 51
+    assert model.integration_points == fanface_connections(fan_input_size=64)
     assert not any(p.requires_grad for p in model.fan.parameters())
     model.train()
     assert not model.fan.training
@@ -145,11 +146,37 @@ def test_fanface_wiring_and_frozen_fan() -> None:
         # heatmaps are FAN's last stack on the [0, 1] image resized to FAN's input size
         fan_in = F.interpolate((images + 1) / 2, size=(64, 64), mode="bilinear")
         torch.testing.assert_close(aux["heatmaps"], fan(fan_in))
-        # integration changes the embedding (γ = 1): removing the hooks gives another result
-        stacked = model.integrator.stacker(images, aux["heatmaps"])
-        model.integrator.remove_hooks()
+        # the paper stacks the heatmaps as they are (no per-map rescaling)
+        stacked = model.stacker(images, aux["heatmaps"])
+        resized = F.interpolate(aux["heatmaps"][:, 17:], size=(112, 112), mode="bilinear")
+        torch.testing.assert_close(stacked[:, 3:], resized)
+        # integration changes the embedding (γ = 1): the backbone alone gives another result
         plain = model.backbone(stacked)
     assert not torch.allclose(plain, aux["embedding"], atol=1e-3)
+
+
+def test_fanface_ablation_knobs() -> None:
+    fan = small_fan()
+    kwargs = {"fan": fan, "fan_input_size": 64, "widths": NARROW}
+    h1 = create_model("fanface_iresnet34", heatmap_key="heatmaps.1", **kwargs)
+    assert h1.heatmap_key == "heatmaps.1"
+    maxed = create_model("fanface_iresnet34", heatmap_normalize="max", **kwargs)
+    assert maxed.stacker.normalize == "max"
+    none = create_model("fanface_iresnet34", heatmaps="none", **kwargs)
+    assert none.stacker is None and none.backbone.conv1.in_channels == 3
+    plus = create_model("fanface_iresnet34", heatmaps="all", **kwargs)
+    assert set(plus.projection) == {"layer1", "layer2", "layer3", "layer4"}
+    many = create_model("fanface_iresnet34", connectivity="1-many", **kwargs)
+    assert len(many.integration) == 3 + 4 + 6 + 3
+    assert all(layer.learnable_gamma for layer in many.integration.values())
+    stacking_only = create_model("fanface_iresnet34", fan_part=None, **kwargs)
+    assert len(stacking_only.integration) == 0
+    for variant in ("simple", "advanced"):
+        model = create_model("fanface_iresnet34", variant=variant, **kwargs)
+        assert model.integration["layer1"].variant == variant
+    with torch.no_grad():
+        for model in (h1, maxed, none, plus, many, stacking_only):
+            assert model.eval()(torch.rand(2, 3, 112, 112)).shape == (2, 512)
 
 
 def test_fanface_warns_without_fan() -> None:
@@ -158,7 +185,7 @@ def test_fanface_warns_without_fan() -> None:
 
 
 def test_fsenet_descriptor_matches_its_parts() -> None:
-    assert [HELEN_CLASSES[i] for i in FSENET_PARTS] == [
+    assert [PARSING_CLASSES[i] for i in FSENET_PARTS] == [
         "skin",
         "left_eye",
         "right_eye",
@@ -168,12 +195,12 @@ def test_fsenet_descriptor_matches_its_parts() -> None:
     ]
     parser = small_parser()
     model = create_model("fsenet_iresnet50", parsing_net=parser, widths=NARROW).eval()
-    assert isinstance(model, FSENet)
+    assert isinstance(model, FaceRecognizer)
     images = torch.randn(2, 3, 112, 112)
     with torch.no_grad():
         aux = model.forward_aux(images)
         net = model.backbone
-        features = net.layer2(net.layer1(net.stem(images)))
+        features = net.layer2(net.layer1(net.forward_stem(images)))
         assert features.shape == (2, 16, 28, 28)
         scores = F.interpolate(
             parser(F.interpolate(images, size=(128, 128), mode="bilinear")),
@@ -184,30 +211,47 @@ def test_fsenet_descriptor_matches_its_parts() -> None:
         pooled = F.adaptive_max_pool2d(probabilities, (28, 28))  # 128 → 28, the paper's
         parts = PartMaskPooling()(features, pooled)
         local = StructureCorrelation()(parts)
-        expected = torch.cat([net(images), 0.6 * local], dim=1)
+        # §4.7.2: the global representation is L2-normalised before the 1 : 0.6 weighting
+        expected = torch.cat([F.normalize(net(images), dim=1), 0.6 * local], dim=1)
     assert aux["local"].shape == (2, 6 * (16 + 2 * 5))
     assert aux["embedding"].shape == (2, 512 + 6 * (16 + 2 * 5))
     torch.testing.assert_close(aux["parts"], parts)
     torch.testing.assert_close(aux["embedding"], expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(aux["embedding"][:, :512].norm(dim=1), torch.ones(2))
     torch.testing.assert_close(aux["masks"].sum(dim=1), torch.ones(2, 128, 128))
     model.train()
-    assert not model.parsing_net.training
-    assert not any(p.requires_grad for p in model.parsing_net.parameters())
+    assert not model.parser.training
+    assert not any(p.requires_grad for p in model.parser.parameters())
+
+
+@pytest.mark.parametrize(("stage", "size"), [(0, 56), (1, 28), (2, 14)])
+def test_fsenet_part_resolution(stage: int, size: int) -> None:
+    """Table 12: part features at 56, 28 or 14."""
+    model = fsenet((1, 1, 1, 1), parsing_net=small_parser(), widths=NARROW, part_stage=stage)
+    assert model.part_stage == f"layer{stage + 1}"
+    captured = {}
+    model.backbone.get_submodule(model.part_stage)[-1].register_forward_hook(
+        lambda _m, _i, out: captured.setdefault("map", out)
+    )
+    with torch.no_grad():
+        out = model.eval().forward_aux(torch.randn(2, 3, 112, 112))
+    assert captured["map"].shape[-1] == size
+    assert out["parts"].shape == (2, 6, NARROW[stage])
 
 
 def test_fsenet_warns_and_loads_parser_checkpoint(tmp_path) -> None:
     with pytest.warns(UserWarning, match="randomly initialised"):
-        FSENet((1, 1, 1, 1), widths=NARROW)
+        fsenet((1, 1, 1, 1), widths=NARROW)
     source = small_parser()
     path = tmp_path / "parser.pt"
     torch.save(source.state_dict(), path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        model = FSENet(
+        model = fsenet(
             (1, 1, 1, 1), widths=NARROW, parsing_net=small_parser(), parsing_checkpoint=path
         )
     for key, value in source.state_dict().items():
-        torch.testing.assert_close(model.parsing_net.state_dict()[key], value)
+        torch.testing.assert_close(model.parser.state_dict()[key], value)
 
 
 @pytest.mark.parametrize("transform", ["identity", "similarity", "affine", "projective"])
@@ -219,6 +263,7 @@ def test_stnface_starts_as_plain_resize(transform: str) -> None:
         resized = F.interpolate(images, size=(112, 112), mode="bilinear", align_corners=False)
         torch.testing.assert_close(aux["aligned"], resized, atol=1e-4, rtol=0)
         torch.testing.assert_close(aux["embedding"], model.backbone(aux["aligned"]))
+        assert model.forward_features(images).shape == (2, NARROW[-1], 7, 7)
     torch.testing.assert_close(aux["matrix"], torch.eye(3).expand(2, 3, 3))
     assert model.align.transform == transform
 
@@ -232,10 +277,11 @@ def test_multitask_structure(name: str, convs: int) -> None:
     with torch.device("meta"):
         model = create_model(name).eval()
         assert model.forward_features(torch.zeros(1, 3, 112, 96)).shape == (1, 512, 5, 4)
-    assert len(model.groups[0][0].body) == convs
-    assert [len(g) for g in model.groups] == [3, 4 + 2, 6 + 2, 3 + 2]  # + transition conv, pool
-    assert [g[-1].body[0][0].out_channels for g in model.groups] == [64, 128, 256, 512]
-    assert model.fc.in_features == 512 * 5 * 4
+    net = model.backbone
+    assert len(net.groups[0][0].body) == convs
+    assert [len(g) for g in net.groups] == [3, 4 + 2, 6 + 2, 3 + 2]  # + transition conv, pool
+    assert [g[-1].body[0][0].out_channels for g in net.groups] == [64, 128, 256, 512]
+    assert net.fc.in_features == 512 * 5 * 4
     assert model.embedding_size == 1024
     assert model.attributes.num_attributes == 7
     small = create_model(name, **small_kwargs(name)).eval()
@@ -243,7 +289,7 @@ def test_multitask_structure(name: str, convs: int) -> None:
     with torch.no_grad():
         aux = small.forward_aux(images)
         torch.testing.assert_close(aux["attributes"], small.attributes(aux["embedding"]))
-        block = small.groups[0][-1]
+        block = small.backbone.groups[0][-1]
         x = torch.randn(1, 8, 6, 5)
         torch.testing.assert_close(block(x), x + block.body(x))
     with pytest.raises(ValueError, match="images"):
