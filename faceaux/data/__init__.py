@@ -3,6 +3,7 @@
 from faceaux.data.folders import ImageFolderFaces
 from faceaux.data.recordio import RecordFaces, RecordWriter, pack_folder
 from faceaux.data.synthetic import (
+    NUISANCE_ATTRIBUTES,
     PARSING_CLASSES,
     SYNTHETIC_ATTRIBUTES,
     SyntheticFaces,
@@ -12,6 +13,7 @@ from faceaux.data.synthetic import (
 from faceaux.data.verification_bin import load_verification_bin, save_verification_bin
 
 __all__ = [
+    "NUISANCE_ATTRIBUTES",
     "PARSING_CLASSES",
     "SYNTHETIC_ATTRIBUTES",
     "ImageFolderFaces",

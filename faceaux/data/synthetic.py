@@ -276,6 +276,7 @@ def _check_real(value: object, name: str, minimum: float, maximum: float = math.
     if (
         isinstance(value, bool)
         or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
         or not minimum <= float(value) <= maximum
     ):
         raise ValueError(f"{name}: expected a number in [{minimum}, {maximum}], received {value!r}")
@@ -409,8 +410,8 @@ class SyntheticFaces(Dataset):
         A CFP-style set: per identity two frontal and two profile images.
 
         >>> cfp = SyntheticFaces(4, 4, size=(32, 32), yaw_range=[(0, 10)] * 2 + [(75, 90)] * 2)
-        >>> cfp.poses[:4, 0].abs().round().tolist()  # identity 0's |yaw|: 2 frontal, 2 profile
-        [7.0, 4.0, 78.0, 76.0]
+        >>> (cfp.poses[:4, 0].abs() >= 75).tolist()  # identity 0: 2 frontal, then 2 profile
+        [False, False, True, True]
         >>> bool(cfp.visibility[:2].all()), int(cfp.visibility[2:4].sum(1).max()) < 60
         (True, True)
     """
