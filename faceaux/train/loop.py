@@ -31,6 +31,7 @@ import resource
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -633,7 +634,9 @@ def _run(config: TrainConfig, processes: _Processes) -> dict[str, Any]:
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
+            with warnings.catch_warnings():  # a step the fp16 scaler skipped still counts
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()`")
+                scheduler.step()
             step += 1
             log.advance(loss_value, lr)
             if finite:
