@@ -81,7 +81,7 @@ DataCheck = tuple[torch.Tensor, Callable[[int], str]]
 
 def data_checks_enabled(*tensors: torch.Tensor) -> bool:
     """Whether data-reading checks run for these tensors (see the comment above)."""
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting():
         return False
     return not any(t.device.type == "meta" for t in tensors)
 
@@ -97,9 +97,14 @@ def finite_check(x: torch.Tensor, name: str) -> DataCheck:
 
 
 def label_check(
-    labels: torch.Tensor, num_classes: int, ignore_index: int | None = None
+    labels: torch.Tensor,
+    num_classes: int,
+    ignore_index: int | None = None,
+    *,
+    name: str = "labels",
+    what: str = "class indices",
 ) -> DataCheck:
-    """A fused check that integer ``labels`` are class indices in ``[0, num_classes)``.
+    """A fused check that integer ``labels`` are indices in ``[0, num_classes)``.
 
     Entries equal to ``ignore_index`` (when given) are allowed too.
     """
@@ -111,8 +116,7 @@ def label_check(
     def message(n: int) -> str:
         low, high = int(labels.min()), int(labels.max())
         return (
-            f"labels: expected class indices in {allowed}, received {n} outside it "
-            f"(min {low}, max {high})"
+            f"{name}: expected {what} in {allowed}, received {n} outside it (min {low}, max {high})"
         )
 
     return bad.sum(), message

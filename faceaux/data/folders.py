@@ -30,6 +30,9 @@ class ImageFolderFaces(Dataset):
         size: optional ``(H, W)`` to resize every image to (aligned sets are usually 112×112).
         min_images: identities with fewer images are skipped (2 to keep genuine pairs possible).
 
+    A file that does not decode raises ``ValueError`` naming it when its sample is read (an
+    index out of range raises ``IndexError``, as for any sequence).
+
     Shape:
         ``dataset[i]`` is a dict: ``image (3, H, W)`` float in [0, 1] and ``label ()`` int64.
         ``labels (N,)`` holds every sample's label; ``classes`` the folder names.
@@ -52,9 +55,19 @@ class ImageFolderFaces(Dataset):
         size: Sequence[int] | None = None,
         min_images: int = 1,
     ) -> None:
+        if not isinstance(root, (str, os.PathLike)):
+            raise ValueError(f"root: expected a path, received {type(root).__name__}")
         self.root = Path(root)
         if not self.root.is_dir():
             raise ValueError(f"root: expected a folder of identity folders, received {root!r}")
+        if size is not None:
+            valid = isinstance(size, Sequence) and not isinstance(size, str) and len(size) == 2
+            if not valid or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size
+            ):
+                raise ValueError(f"size: expected (H, W), two positive ints, received {size!r}")
+        if isinstance(min_images, bool) or not isinstance(min_images, int) or min_images < 1:
+            raise ValueError(f"min_images: expected a positive int, received {min_images!r}")
         self.size = None if size is None else (int(size[0]), int(size[1]))
         folders = sorted(p for p in self.root.iterdir() if p.is_dir())
         self.classes: list[str] = []
@@ -86,10 +99,13 @@ class ImageFolderFaces(Dataset):
                 "ImageFolderFaces needs Pillow: pip install 'faceaux[demo]'"
             ) from error
         path, label = self.samples[index]
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            if self.size is not None and image.size != (self.size[1], self.size[0]):
-                image = image.resize((self.size[1], self.size[0]), Image.BILINEAR)
-            array = np.asarray(image, dtype=np.uint8)
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+                if self.size is not None and image.size != (self.size[1], self.size[0]):
+                    image = image.resize((self.size[1], self.size[0]), Image.BILINEAR)
+                array = np.asarray(image, dtype=np.uint8)
+        except (OSError, SyntaxError, Image.DecompressionBombError) as error:
+            raise ValueError(f"{os.fspath(path)}: not a decodable image ({error})") from None
         tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
         return {"image": tensor, "label": torch.tensor(label)}

@@ -5,6 +5,15 @@ InsightFace ships its verification benchmarks as a pickle of the tuple ``(bins, 
 booleans. ``pickle.load`` on such a file would run any callable the file names, so we read it
 with a restricted unpickler that builds only bytes, strings, lists, tuples, bools, numbers and
 NumPy *boolean* arrays/scalars, and refuses every other global with ``pickle.UnpicklingError``.
+
+A small file must not make the reader allocate a lot either. Before unpickling, the opcode
+stream is walked (``pickletools.genops``): every length it declares must fit in the bytes that
+remain, and every memo index must be below the number of opcodes (CPython's unpickler sizes its
+memo table by the largest index it sees: a 12-byte file could otherwise claim a gigabyte).
+``bytearray`` is only built from bytes, never from a size. So what the unpickler allocates is
+bounded by a small multiple of the file's size; so are the decoded images (each image's pixel
+count is checked against its encoded size before decoding, an image listed several times is
+decoded once, and the decoded total is bounded by the file's size).
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import pickletools
 from typing import Any
 
 import numpy as np
@@ -63,6 +73,18 @@ def _frombuffer(buffer: Any, dtype: Any, shape: Any, order: str) -> np.ndarray:
     return array.reshape(shape, order=order)
 
 
+def _bytearray(*args: Any) -> bytearray:
+    # bytearray(bytes) at protocols 3–4, bytearray(str, 'latin-1') at 0–2 (protocol 5 has its own
+    # opcode); never bytearray(n), which would allocate n bytes that the file does not contain.
+    if len(args) == 0:
+        return bytearray()
+    if len(args) == 1 and isinstance(args[0], (bytes, bytearray)):
+        return bytearray(args[0])
+    if len(args) == 2 and isinstance(args[0], str) and args[1] in ("latin1", "latin-1"):
+        return bytearray(args[0], "latin-1")
+    raise pickle.UnpicklingError("bytearray: only bytearray(bytes) is allowed")
+
+
 def _codecs_encode(text: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
     # Python 3 pickles bytes at protocol < 3 as _codecs.encode(str, 'latin1').
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
@@ -80,13 +102,33 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("numpy", "ndarray"): _NdarrayToken,
     ("numpy", "dtype"): _dtype,
     ("_codecs", "encode"): _codecs_encode,
-    ("builtins", "bytearray"): bytearray,
-    ("__builtin__", "bytearray"): bytearray,
+    ("builtins", "bytearray"): _bytearray,
+    ("__builtin__", "bytearray"): _bytearray,
 }
 for _module in _NUMPY_MODULES:
     _ALLOWED[(_module, "_reconstruct")] = _reconstruct
     _ALLOWED[(_module, "scalar")] = _scalar
     _ALLOWED[(_module, "_frombuffer")] = _frombuffer
+
+
+_MEMO_OPCODES = ("PUT", "BINPUT", "LONG_BINPUT")
+
+
+def _check_stream(data: bytes) -> None:
+    """Walk the opcodes: declared lengths fit the data, memo indices stay below the op count.
+
+    ``pickletools.genops`` reads every counted argument from the data itself, so a length that
+    runs past the end raises ``ValueError`` instead of allocating; a truncated or empty stream
+    raises ``ValueError`` too.
+    """
+    ops = list(pickletools.genops(data))
+    for opcode, arg, position in ops:
+        if opcode.name in _MEMO_OPCODES and not 0 <= arg < len(ops):
+            raise ValueError(
+                f"memo index {arg} at byte {position} exceeds the stream's {len(ops)} opcodes"
+            )
+        if opcode.name == "FRAME" and arg > len(data):
+            raise ValueError(f"frame of {arg} bytes at byte {position} exceeds the data")
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -96,8 +138,13 @@ class RestrictedUnpickler(pickle.Unpickler):
     load as usual. The only globals resolved are wrappers that validate their arguments:
     ``numpy.dtype`` (boolean kinds only), ``numpy.ndarray`` (only as the argument of numpy's
     ``_reconstruct``), ``_reconstruct``/``scalar``/``_frombuffer`` from ``numpy.core`` or
-    ``numpy._core`` (boolean dtypes only), ``_codecs.encode(str, 'latin1')`` and ``bytearray``.
-    Anything else raises ``pickle.UnpicklingError("<module>.<name> is not allowed")``.
+    ``numpy._core`` (boolean dtypes only), ``_codecs.encode(str, 'latin1')`` and
+    ``bytearray(bytes)``. Anything else raises
+    ``pickle.UnpicklingError("<module>.<name> is not allowed")``.
+
+    The whole stream is read at construction and its opcodes checked (see the module
+    docstring): a declared length past the end, a memo index beyond the opcode count, or a
+    truncated stream raise ``pickle.UnpicklingError`` before anything is built.
 
     Examples:
         >>> import io, pickle
@@ -109,6 +156,14 @@ class RestrictedUnpickler(pickle.Unpickler):
         _pickle.UnpicklingError: builtins.print is not allowed
     """
 
+    def __init__(self, file: Any, **kwargs: Any) -> None:
+        data = file.read()
+        try:
+            _check_stream(data)
+        except ValueError as error:
+            raise pickle.UnpicklingError(f"malformed pickle: {error}") from None
+        super().__init__(io.BytesIO(data), **kwargs)
+
     def find_class(self, module: str, name: str) -> Any:
         try:
             return _ALLOWED[(module, name)]
@@ -116,18 +171,56 @@ class RestrictedUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"{module}.{name} is not allowed") from None
 
 
-def _decode(data: bytes, image_size: tuple[int, int] | None) -> np.ndarray:
+#: An image may decode to at most this many bytes of RGB per encoded byte (plus 16 MiB): far
+#: above real JPEG/PNG face crops (ratios of 10–400), far below a decompression bomb's.
+_MAX_EXPANSION = 2048
+
+
+def _decode(data: bytes, image_size: tuple[int, int] | None, where: str) -> np.ndarray:
     try:
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
     except ImportError as error:  # pragma: no cover - depends on the environment
         raise ImportError(
             "decoding .bin images needs Pillow: pip install 'faceaux[demo]'"
         ) from error
-    with Image.open(io.BytesIO(data)) as image:
-        image = image.convert("RGB")
-        if image_size is not None and image.size != (image_size[1], image_size[0]):
-            image = image.resize((image_size[1], image_size[0]), Image.BILINEAR)
-        return np.asarray(image, dtype=np.uint8)
+    try:
+        with Image.open(io.BytesIO(data)) as image:  # reads the header only
+            width, height = image.size
+            if 3 * width * height > _MAX_EXPANSION * len(data) + 2**24:
+                raise ValueError(
+                    f"{where}: a {len(data)}-byte image claims {width}×{height} pixels; refused "
+                    "(decompression bomb)"
+                )
+            image = image.convert("RGB")
+            if image_size is not None and image.size != (image_size[1], image_size[0]):
+                image = image.resize((image_size[1], image_size[0]), Image.BILINEAR)
+            return np.asarray(image, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ValueError(f"{where}: not a decodable image ({error})") from None
+
+
+def _issame(issame_list: Any, where: str) -> torch.Tensor:
+    """N booleans (Python/NumPy bools, or the ints 0 and 1), never strings or other values."""
+    if isinstance(issame_list, np.ndarray):
+        array = issame_list
+    elif isinstance(issame_list, (list, tuple)):
+        kinds = (bool, np.bool_, int, np.integer)
+        if not all(isinstance(v, kinds) for v in issame_list):
+            bad = next(v for v in issame_list if not isinstance(v, kinds))
+            raise ValueError(
+                f"{where}: issame must hold booleans, received a {type(bad).__name__} ({bad!r:.40})"
+            )
+        array = np.asarray(issame_list, dtype=np.int64 if issame_list else bool)
+    else:
+        raise ValueError(
+            f"{where}: issame must be a list of booleans, received {type(issame_list).__name__}"
+        )
+    if array.ndim != 1 or array.dtype.kind not in "biu" or not np.isin(array, (0, 1)).all():
+        raise ValueError(
+            f"{where}: issame must be N booleans (or 0/1), received dtype {array.dtype}, shape "
+            f"{array.shape}"
+        )
+    return torch.as_tensor(array.astype(bool))
 
 
 def load_verification_bin(
@@ -139,6 +232,12 @@ def load_verification_bin(
     it is read with :class:`RestrictedUnpickler`, so a file that tries to run code raises
     ``pickle.UnpicklingError`` naming the refused global instead. Images are decoded with Pillow
     (the ``demo`` extra) and, when ``image_size`` is given and differs, resized bilinearly.
+
+    Bad files raise ``ValueError`` naming the file: empty or truncated, not a ``(bins,
+    issame_list)`` pair, no pairs, an image that does not decode, images (or references to one
+    image) whose decoded pixels would exceed 2048× the file's size, ``issame`` entries that are
+    not booleans (a string ``"False"`` would otherwise read as true). A file that names a
+    refused global raises ``pickle.UnpicklingError``.
 
     Args:
         path: the ``.bin`` file.
@@ -162,31 +261,57 @@ def load_verification_bin(
         >>> images.shape, issame.tolist()
         (torch.Size([2, 3, 4, 4]), [True])
     """
+    where = os.fspath(path)
+    if image_size is not None:
+        valid = isinstance(image_size, (tuple, list)) and len(image_size) == 2
+        if not valid or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in image_size
+        ):
+            raise ValueError(
+                f"image_size: expected (H, W), two positive ints, received {image_size!r}"
+            )
     with open(path, "rb") as file:
-        loaded = RestrictedUnpickler(file, encoding="bytes").load()
+        try:
+            loaded = RestrictedUnpickler(file, encoding="bytes").load()
+        except pickle.UnpicklingError as error:
+            if str(error).startswith("malformed pickle"):
+                raise ValueError(f"{where}: empty, truncated or not a pickle ({error})") from None
+            raise
+        except (EOFError, ValueError, TypeError, AttributeError, IndexError) as error:
+            raise ValueError(f"{where}: not a readable pickle ({error})") from None
     if not (isinstance(loaded, (tuple, list)) and len(loaded) == 2):
-        raise ValueError(f"{os.fspath(path)}: expected a pickled (bins, issame_list) pair")
+        raise ValueError(f"{where}: expected a pickled (bins, issame_list) pair")
     bins, issame_list = loaded
-    issame = torch.as_tensor(np.asarray(issame_list, dtype=bool))
-    if issame.ndim != 1 or len(bins) != 2 * issame.numel():
+    if not isinstance(bins, (list, tuple)):
+        raise ValueError(f"{where}: bins must be a list of images, received {type(bins).__name__}")
+    issame = _issame(issame_list, where)
+    if len(bins) != 2 * issame.numel():
         raise ValueError(
-            f"{os.fspath(path)}: expected 2N images for N pairs, received {len(bins)} images "
+            f"{where}: expected 2N images for N pairs, received {len(bins)} images "
             f"and {issame.numel()} issame entries"
         )
-    decoded = []
+    if issame.numel() == 0:
+        raise ValueError(f"{where}: expected at least one pair, received none")
+    # An image listed several times (by memo reference) is decoded once, and the decoded total
+    # is bounded by the file's size, so references cannot multiply a small file into a huge one.
+    budget = _MAX_EXPANSION * os.path.getsize(path) + 2**24
+    decoded, cache = [], {}
     for index, item in enumerate(bins):
-        if isinstance(item, np.ndarray):
-            item = item.tobytes()
-        if not isinstance(item, (bytes, bytearray)):
+        if id(item) not in cache:
+            data = item.tobytes() if isinstance(item, np.ndarray) else item
+            if not isinstance(data, (bytes, bytearray)):
+                raise ValueError(f"{where}: image {index} is {type(item).__name__}, expected bytes")
+            cache[id(item)] = _decode(bytes(data), image_size, f"{where}: image {index}")
+        decoded.append(cache[id(item)])
+        budget -= decoded[-1].nbytes
+        if budget < 0:
             raise ValueError(
-                f"{os.fspath(path)}: image {index} is {type(item).__name__}, expected bytes"
+                f"{where}: the decoded images would take more than {_MAX_EXPANSION}× the file's "
+                f"size (image {index} of {len(bins)}); refused"
             )
-        decoded.append(_decode(bytes(item), image_size))
     shapes = {array.shape for array in decoded}
     if len(shapes) != 1:
-        raise ValueError(
-            f"{os.fspath(path)}: images have different sizes {sorted(shapes)}; pass image_size"
-        )
+        raise ValueError(f"{where}: images have different sizes {sorted(shapes)}; pass image_size")
     images = torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2).contiguous()
     return images, issame
 

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from faceaux._checks import check_tensor, finite_check, label_check, raise_bad_data
+
 __all__ = [
     "FAR_LEVELS",
     "extract_embeddings",
@@ -29,11 +31,31 @@ FAR_LEVELS: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4)
 
 
 def _as_numpy(x: Any, name: str, dtype: type) -> np.ndarray:
+    """A 1-D float64 (scores) or bool (issame) array; any tensor dtype (bf16 too) is accepted."""
     if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    array = np.asarray(x)
+        x = x.detach().cpu()
+        if x.is_complex():
+            raise ValueError(f"{name}: expected real values, received dtype {x.dtype}")
+        # NumPy has no bfloat16: widen floating tensors (exactly) before converting
+        x = (x.double() if x.is_floating_point() else x).numpy()
+    try:
+        array = np.asarray(x)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name}: expected a 1-D array (N,), received {type(x).__name__}") from (
+            error
+        )
     if array.ndim != 1:
         raise ValueError(f"{name}: expected a 1-D array (N,), received shape {array.shape}")
+    if array.size == 0:
+        raise ValueError(f"{name}: expected at least one pair (N ≥ 1), received N = 0")
+    if dtype is bool:
+        # "False" (a string) or 2 must not silently read as True
+        if array.dtype.kind not in "biu" or not np.isin(array, (0, 1)).all():
+            raise ValueError(
+                f"{name}: expected booleans (or 0/1) per pair, received dtype {array.dtype}"
+            )
+    elif array.dtype.kind not in "biuf":
+        raise ValueError(f"{name}: expected real numbers per pair, received dtype {array.dtype}")
     return array.astype(dtype)
 
 
@@ -117,6 +139,10 @@ def verification_metrics(scores: Any, issame: Any, n_folds: int = 10) -> dict[st
     threshold accepts no impostor at all, which says nothing about that FAR, so the entry is
     ``nan`` (e.g. LFW's 3,000 impostor pairs resolve 1e-3 but not 1e-4).
 
+    Bad input raises ``ValueError`` naming the argument: no pairs (``N = 0``: there is no
+    accuracy to report), NaN/inf scores, ground truth that is not boolean (or 0/1), only one
+    kind of pair. Scores may be a tensor of any floating dtype (bf16 included) or an array.
+
     Args:
         scores: similarity per pair ``(N,)`` (tensor or array), higher = same identity.
         issame: ground truth per pair ``(N,)``, bool.
@@ -142,8 +168,10 @@ def verification_metrics(scores: Any, issame: Any, n_folds: int = 10) -> dict[st
     fpr, tpr, thresholds = roc_curve(scores, issame)
     s = _as_numpy(scores, "scores", np.float64)
     y = _as_numpy(issame, "issame", bool)
-    if not 2 <= n_folds <= s.size:
-        raise ValueError(f"n_folds: expected 2 ≤ n_folds ≤ N = {s.size}, received {n_folds}")
+    if isinstance(n_folds, bool) or not isinstance(n_folds, int) or not 2 <= n_folds <= s.size:
+        raise ValueError(
+            f"n_folds: expected an int, 2 ≤ n_folds ≤ N = {s.size}, received {n_folds!r}"
+        )
 
     fold_accuracy, fold_threshold = [], []
     for test in np.array_split(np.arange(s.size), n_folds):
@@ -198,10 +226,12 @@ def pair_scores(embeddings: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
         >>> pair_scores(e, torch.tensor([[0, 0], [0, 1]])).tolist()
         [1.0, 0.0]
     """
-    from faceaux._checks import check_tensor
-
     check_tensor(embeddings, "embeddings", "(N, D)", floating=True)
     check_tensor(pairs, "pairs", "(P, 2)", sizes=(None, 2))
+    if pairs.is_floating_point() or pairs.is_complex() or pairs.dtype == torch.bool:
+        raise ValueError(f"pairs: expected integer row indices, received dtype {pairs.dtype}")
+    rows = label_check(pairs.flatten(), embeddings.shape[0], name="pairs", what="row indices")
+    raise_bad_data([finite_check(embeddings, "embeddings"), rows])
     return (embeddings[pairs[:, 0]] * embeddings[pairs[:, 1]]).sum(1)
 
 
@@ -243,6 +273,15 @@ def _flip_images(batch: Any) -> Any:
     if isinstance(batch, dict):
         return {**batch, "image": batch["image"].flip(-1)}
     return (batch[0].flip(-1), *batch[1:])
+
+
+def _embeddings_of(output: Any) -> torch.Tensor:
+    """The model's output as float32 ``(B, D)``, finite (else ``ValueError`` naming ``model``)."""
+    if not isinstance(output, torch.Tensor) or output.ndim != 2 or not output.is_floating_point():
+        got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise ValueError(f"model: expected floating embeddings (B, D) per batch, received {got}")
+    raise_bad_data([finite_check(output, "model")])
+    return output.float()
 
 
 def extract_embeddings(
@@ -305,9 +344,9 @@ def extract_embeddings(
         with torch.inference_mode():
             for batch in _progress(loader, progress, desc="embeddings", leave=False):
                 batch = _to_device(batch, device)
-                embedding = run(model, batch).float()
+                embedding = _embeddings_of(run(model, batch))
                 if flip:
-                    flipped = run(model, mirror(batch)).float()
+                    flipped = _embeddings_of(run(model, mirror(batch)))
                     embedding = (
                         embedding + flipped
                         if fusion == "sum"

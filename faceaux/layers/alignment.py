@@ -9,21 +9,26 @@ landmark similarity) lives in :mod:`faceaux.layers.geometry`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from faceaux._checks import check_tensor
+from faceaux._checks import (
+    check_finite,
+    check_module_input,
+    check_tensor,
+)
 from faceaux.layers.geometry import (
     _MODES,
     _PADDING_MODES,
     TRANSFORM_PARAMETERS,
     _check_size,
+    _warp,
     params_from_matrix,
     transform_matrix,
-    warp,
 )
 
 __all__ = ["SpatialTransformerAlign", "param_groups", "theta_regularization"]
@@ -51,6 +56,12 @@ class SpatialTransformerAlign(nn.Module):
     localisation network: the output is always that resize (the paper's unaligned baseline,
     §3.3, where the crop is used as it is). Train the localisation network with a 10–100×
     smaller learning rate (§4); :func:`param_groups` builds the optimiser groups.
+
+    Bad input: a NaN/inf pixel raises ``ValueError`` (one device→host read) before the
+    localisation network sees it, so its BatchNorm running statistics never absorb it (the read
+    is skipped under ``torch.compile``, like every data check). An empty batch returns an empty
+    output without running the localisation network (its statistics stay as they were).
+    Outside autocast, ``x`` must have the dtype of the module's parameters.
 
     Args:
         transform: ``"identity"``, ``"translation"``, ``"similarity"``, ``"affine"`` or
@@ -179,12 +190,20 @@ class SpatialTransformerAlign(nn.Module):
         The parameters are computed by the localisation network in its dtype (e.g. bf16 under
         autocast) and turned into a matrix in ``float32`` or wider.
         """
+        self._check_input(x)
+        return self._predict_matrix(x)
+
+    def _check_input(self, x: object) -> None:
         check_tensor(
             x, "x", "(B, C, H, W)", sizes=(None, self.in_channels, None, None), floating=True
         )
-        if self.regressor is None or self.localization is None:
-            eye = torch.eye(3, device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
-            return eye.expand(x.shape[0], 3, 3)
+        check_module_input(x, "x", self)
+        check_finite(x, "x")
+
+    def _predict_matrix(self, x: torch.Tensor) -> torch.Tensor:
+        eye = torch.eye(3, device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
+        if self.regressor is None or self.localization is None or x.shape[0] == 0:
+            return eye.expand(x.shape[0], 3, 3)  # (an empty batch never reaches BatchNorm)
         small = x
         if tuple(x.shape[-2:]) != self.loc_input_size:
             small = F.interpolate(x, size=self.loc_input_size, mode="bilinear", align_corners=False)
@@ -196,14 +215,10 @@ class SpatialTransformerAlign(nn.Module):
         self, x: torch.Tensor, return_matrix: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Align ``x`` ``(B, C, H, W)`` → ``(B, C, h, w)``; also return the matrix if asked."""
-        matrix = self.predict_matrix(x)
-        aligned = warp(
-            x,
-            matrix,
-            self.output_size,
-            mode=self.mode,
-            padding_mode=self.padding_mode,
-            align_corners=self.align_corners,
+        self._check_input(x)
+        matrix = self._predict_matrix(x)
+        aligned = _warp(
+            x, matrix, self.output_size, self.mode, self.padding_mode, self.align_corners
         )
         return (aligned, matrix) if return_matrix else aligned
 
@@ -248,8 +263,10 @@ def param_groups(model: nn.Module, lr: float, loc_lr_scale: float = 0.01) -> lis
         [0.1, 0.001]
         >>> optimizer = torch.optim.SGD(groups, lr=0.1, momentum=0.9)
     """
-    if not lr > 0:
-        raise ValueError(f"lr: expected a positive learning rate, received {lr!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+        raise ValueError(f"lr: expected a positive learning rate (finite), received {lr!r}")
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model: expected an nn.Module, received {type(model).__name__}")
     if not 0 < loc_lr_scale <= 1:
         raise ValueError(f"loc_lr_scale: expected a value in (0, 1], received {loc_lr_scale!r}")
     aligners = [m for m in model.modules() if isinstance(m, SpatialTransformerAlign)]
@@ -280,6 +297,9 @@ def theta_regularization(matrix: torch.Tensor, reduction: str = "mean") -> torch
         matrix: ``(B, 3, 3)`` output → input matrices.
         reduction: ``"mean"`` or ``"sum"`` over the batch, or ``"none"`` for ``(B,)``.
 
+    An empty batch gives an exact 0 for ``"mean"`` (as for ``"sum"``) that still
+    back-propagates; a NaN/inf matrix raises ``ValueError`` (one device→host read).
+
     Returns:
         A scalar, or ``(B,)`` for ``reduction="none"``.
 
@@ -294,12 +314,13 @@ def theta_regularization(matrix: torch.Tensor, reduction: str = "mean") -> torch
         tensor([0.0000, 0.2500])
     """
     check_tensor(matrix, "matrix", "(B, 3, 3)", sizes=(None, 3, 3), floating=True)
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction: expected 'mean', 'sum' or 'none', received {reduction!r}")
+    check_finite(matrix, "matrix")
     eye = torch.eye(3, device=matrix.device, dtype=matrix.dtype)
     penalty = (matrix - eye).square().sum(dim=(-2, -1))
-    if reduction == "mean":
+    if reduction == "mean" and matrix.shape[0] > 0:
         return penalty.mean()
-    if reduction == "sum":
-        return penalty.sum()
     if reduction == "none":
         return penalty
-    raise ValueError(f"reduction: expected 'mean', 'sum' or 'none', received {reduction!r}")
+    return penalty.sum()  # (also "mean" of an empty batch: 0, not NaN)

@@ -22,7 +22,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from faceaux._checks import check_positive_int, check_same_batch, check_tensor
+from faceaux._checks import (
+    DataCheck,
+    check_batch_for_training,
+    check_module_input,
+    check_positive_int,
+    check_same_batch,
+    check_tensor,
+    data_checks_enabled,
+    finite_check,
+    label_check,
+    raise_bad_data,
+)
 
 __all__ = [
     "CELEBA_ATTRIBUTE_NAMES",
@@ -128,7 +139,8 @@ def attribute_loss(
 
     An entry is labelled where ``mask`` is true (or non-zero) and ``target`` is not NaN; the loss
     is the mean over labelled entries. Unlabelled entries contribute neither value nor gradient;
-    a batch with no labelled entry gives ``0`` (with a zero gradient), never NaN.
+    a batch with no labelled entry (or ``B = 0``) gives ``0`` (with a zero gradient), never NaN.
+    NaN/inf predictions and ±inf targets raise ``ValueError`` (one device→host read).
 
     Args:
         pred: predictions (``"mse"``) or logits (``"bce"``).
@@ -149,13 +161,42 @@ def attribute_loss(
         raise ValueError(f"loss: expected one of {_LOSSES}, received {loss!r}")
     check_tensor(pred, "pred", "(B, M)", floating=True)
     check_tensor(target, "target", "(B, M)", sizes=tuple(pred.shape))
+    if mask is not None:
+        check_tensor(mask, "mask", "(B, M)", sizes=tuple(pred.shape))
+    if data_checks_enabled(pred):
+        raise_bad_data(_attribute_checks(pred, "pred", target, "target"))
+    return _attribute_loss(pred, target, mask, loss)
+
+
+def _attribute_checks(
+    pred: torch.Tensor, pred_name: str, target: torch.Tensor, target_name: str
+) -> list[DataCheck]:
+    """Finite predictions; targets finite or NaN (NaN marks an unlabelled entry)."""
+    checks = [finite_check(pred, pred_name)]
+    if target.is_floating_point():
+        shape = tuple(target.shape)
+        checks.append(
+            (
+                torch.isinf(target).sum(),
+                lambda n: (
+                    f"{target_name}: expected finite labels or NaN (unlabelled), received {n} "
+                    f"±inf entries in shape {shape}"
+                ),
+            )
+        )
+    return checks
+
+
+def _attribute_loss(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, loss: str
+) -> torch.Tensor:
+    """:func:`attribute_loss` on validated arguments."""
     labelled = (
         ~torch.isnan(target)
         if target.is_floating_point()
         else torch.ones_like(target, dtype=torch.bool)
     )
     if mask is not None:
-        check_tensor(mask, "mask", "(B, M)", sizes=tuple(pred.shape))
         labelled = labelled & mask.bool()
     clean = torch.where(
         labelled, target.to(pred.dtype), torch.zeros((), dtype=pred.dtype, device=pred.device)
@@ -184,6 +225,12 @@ class AttributeHead(nn.Module):
         hidden_features: width of ``g`` (1024 in the paper).
         loss: ``"mse"`` or ``"bce"``, used by ``loss()``.
         dropout: dropout probability before ``W_a`` (the paper trains its FC layers with 0.5).
+
+    Bad input: NaN/inf embeddings raise ``ValueError`` (one device→host read) before the batch
+    norm sees them; ``B = 1`` in training mode raises ``ValueError`` (its ``BatchNorm1d`` has no
+    variance over one sample); ``B = 0`` returns an empty ``(0, M)`` output without touching
+    the running statistics. Outside autocast the embedding must have the dtype of the module's
+    parameters.
 
     Shape:
         - embedding: ``(B, D)``
@@ -230,6 +277,12 @@ class AttributeHead(nn.Module):
         check_tensor(
             embedding, "embedding", "(B, D)", sizes=(None, self.in_features), floating=True
         )
+        check_module_input(embedding, "embedding", self)
+        check_batch_for_training(self, embedding, "embedding")
+        raise_bad_data([finite_check(embedding, "embedding")])
+        if embedding.shape[0] == 0:  # an empty batch never reaches the batch norm
+            linear, _, prelu = self.attribute_fc
+            return self.classifier(self.dropout(prelu(linear(embedding))))
         return self.classifier(self.dropout(self.attribute_fc(embedding)))
 
     def loss(
@@ -247,6 +300,13 @@ class MultiTaskLoss(nn.Module):
     ``L_a`` is ``attribute_loss`` (MSE in the paper) over labelled attribute entries. The
     defaults ``λ1 = lambda_attr = 0.1``, ``λ2 = lambda_id = 1`` are the paper's fine-tuning stage
     (§4.4; its first stage trains with ``λ1 = 0``).
+
+    Validation (all data read in one device→host transfer): identity labels must be integers
+    in ``[0, P)`` or the identity loss's ``ignore_index`` (−100, PyTorch's default);
+    logits and attribute predictions finite; attribute targets finite or NaN (unlabelled).
+    Empty batches and batches with every label ignored give a zero loss that back-propagates
+    (the default identity loss is the sum over labelled rows over their number, at least 1;
+    a custom ``identity_loss`` is called as it is).
 
     Args:
         lambda_attr: ``λ1``, weight of the attribute loss.
@@ -276,8 +336,15 @@ class MultiTaskLoss(nn.Module):
     ) -> None:
         super().__init__()
         for name, value in (("lambda_attr", lambda_attr), ("lambda_id", lambda_id)):
-            if not value >= 0:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"{name}: expected a non-negative float, received {value!r}")
+            if not 0 <= value < float("inf"):
+                raise ValueError(f"{name}: expected a non-negative float, received {value!r}")
+        if identity_loss is not None and not callable(identity_loss):
+            raise ValueError(
+                f"identity_loss: expected a module (logits, labels) -> loss, received "
+                f"{type(identity_loss).__name__}"
+            )
         if attribute_loss not in _LOSSES:
             raise ValueError(
                 f"attribute_loss: expected one of {_LOSSES}, received {attribute_loss!r}"
@@ -286,6 +353,7 @@ class MultiTaskLoss(nn.Module):
         self.lambda_id = float(lambda_id)
         self.attribute_loss_kind = attribute_loss
         self.identity_loss = nn.CrossEntropyLoss() if identity_loss is None else identity_loss
+        self._default_identity_loss = identity_loss is None
 
     def forward(
         self,
@@ -297,6 +365,15 @@ class MultiTaskLoss(nn.Module):
     ) -> torch.Tensor:
         check_tensor(identity_logits, "identity_logits", "(B, P)", floating=True)
         check_tensor(identity_labels, "identity_labels", "(B,)")
+        if (
+            identity_labels.is_floating_point()
+            or identity_labels.is_complex()
+            or (identity_labels.dtype == torch.bool)
+        ):
+            raise ValueError(
+                f"identity_labels: expected an integer tensor of class indices, received dtype "
+                f"{identity_labels.dtype}"
+            )
         check_same_batch(identity_logits, "identity_logits", identity_labels, "identity_labels")
         check_tensor(attribute_pred, "attribute_pred", "(B, M)", floating=True)
         check_same_batch(identity_logits, "identity_logits", attribute_pred, "attribute_pred")
@@ -304,9 +381,30 @@ class MultiTaskLoss(nn.Module):
         check_tensor(attribute_target, "attribute_target", "(B, M)", sizes=shape)
         if attribute_mask is not None:
             check_tensor(attribute_mask, "attribute_mask", "(B, M)", sizes=shape)
-        identity = self.identity_loss(identity_logits, identity_labels)
-        attributes = attribute_loss(
-            attribute_pred, attribute_target, attribute_mask, loss=self.attribute_loss_kind
+        ignore_index = getattr(self.identity_loss, "ignore_index", -100)
+        if data_checks_enabled(identity_logits, identity_labels):
+            labels = label_check(
+                identity_labels, identity_logits.shape[1], ignore_index, name="identity_labels"
+            )
+            raise_bad_data(
+                [
+                    finite_check(identity_logits, "identity_logits"),
+                    labels,
+                    *_attribute_checks(
+                        attribute_pred, "attribute_pred", attribute_target, "attribute_target"
+                    ),
+                ]
+            )
+        if self._default_identity_loss:  # mean over labelled rows; 0 (not NaN) if there are none
+            per_row = F.cross_entropy(
+                identity_logits, identity_labels.long(), ignore_index=ignore_index, reduction="none"
+            )
+            labelled = (identity_labels != ignore_index).sum().clamp_min(1)
+            identity = per_row.sum() / labelled.to(per_row.dtype)
+        else:
+            identity = self.identity_loss(identity_logits, identity_labels)
+        attributes = _attribute_loss(
+            attribute_pred, attribute_target, attribute_mask, self.attribute_loss_kind
         )
         return self.lambda_attr * attributes + self.lambda_id * identity
 
@@ -323,9 +421,10 @@ def majority_vote(attribute_labels: torch.Tensor, identity_labels: torch.Tensor)
     Multi-task paper, §3.2: attributes predicted per image are made consistent per identity by
     majority voting ("15 images of Bruce Lee, 14 predicted male, one female → all male").
 
-    Labels may be any discrete values (0/1, ±1, class ids), integer or floating. Counting is one
-    ``bincount`` over (identity, attribute, label value) triples, so it is linear in ``N·M``
-    (plus the sorts of ``torch.unique``) — no loop over identities or attributes.
+    Labels may be any values (0/1, ±1, class ids, even continuous scores), integer, floating or
+    bool. Only the (identity, attribute, value) triples that occur are counted — one sort of the
+    ``N·M`` keys (``torch.unique``) and two scatter reductions — so time is O(N·M log(N·M)) and
+    memory O(N·M) whatever the number of distinct values; no loop over identities or attributes.
 
     Ties: among the most frequent values of an (identity, attribute) pair, the **smallest**
     value wins (0 over 1 for 0/1 labels, −1 over +1 for CelebA's ±1), the same on every device.
@@ -356,35 +455,44 @@ def majority_vote(attribute_labels: torch.Tensor, identity_labels: torch.Tensor)
         raise ValueError(
             f"identity_labels: expected an integer tensor, received dtype {identity_labels.dtype}"
         )
+    if attribute_labels.is_complex():
+        raise ValueError(
+            f"attribute_labels: expected real labels, received dtype {attribute_labels.dtype}"
+        )
+    if attribute_labels.dtype == torch.bool:
+        return majority_vote(attribute_labels.to(torch.uint8), identity_labels).bool()
     num_samples, num_attributes = attribute_labels.shape
-    if num_samples == 0:
+    if num_samples == 0 or num_attributes == 0:
         return attribute_labels.clone()
+    device = attribute_labels.device
     if attribute_labels.is_floating_point():
         votes = ~torch.isnan(attribute_labels)
     else:
         votes = torch.ones_like(attribute_labels, dtype=torch.bool)
-    identity_labels = identity_labels.to(attribute_labels.device)
+    identity_labels = identity_labels.to(device)
     identities, identity_index = torch.unique(identity_labels, return_inverse=True)
     values = torch.unique(attribute_labels[votes])  # sorted ascending
     if values.numel() == 0:
         return attribute_labels.clone()
-    num_values = values.numel()
+    num_values, num_cells = values.numel(), identities.numel() * num_attributes
     # Index of every label among the sorted distinct values (NaN entries are masked out below).
     value_index = torch.searchsorted(values, attribute_labels.contiguous()).clamp_max(
         num_values - 1
     )
-    attribute_index = torch.arange(num_attributes, device=attribute_labels.device)
-    cell = (identity_index.unsqueeze(1) * num_attributes + attribute_index) * num_values
-    flat = (cell + value_index)[votes]
-    num_cells = identities.numel() * num_attributes
-    counts = torch.bincount(flat, minlength=num_cells * num_values)
-    counts = counts.view(identities.numel(), num_attributes, num_values)
-    # Ties -> smallest value: rank the tied maxima by descending priority, which is unique.
-    priority = torch.arange(num_values, 0, -1, device=counts.device)
-    is_max = counts == counts.amax(dim=-1, keepdim=True)
-    winner = torch.where(is_max, priority, torch.zeros_like(priority)).argmax(dim=-1)
-    result = values[winner]  # (I, M)
+    attribute_index = torch.arange(num_attributes, device=device)
+    cell = identity_index.unsqueeze(1) * num_attributes + attribute_index  # (N, M)
+    # Count only the (cell, value) pairs that occur: at most N·M of them, sorted by cell, then
+    # by value (the key below), whatever the number of distinct values.
+    keys, counts = torch.unique((cell * num_values + value_index)[votes], return_counts=True)
+    pair_cell, pair_value = keys // num_values, keys % num_values
+    best = torch.zeros(num_cells, dtype=counts.dtype, device=device)
+    best = best.scatter_reduce(0, pair_cell, counts, reduce="amax")
+    # Ties -> smallest value: among the pairs with the cell's largest count, the least index.
+    is_best = counts == best[pair_cell]
+    winner = torch.full((num_cells,), num_values, dtype=torch.long, device=device)
+    winner = winner.scatter_reduce(0, pair_cell[is_best], pair_value[is_best], reduce="amin")
+    result = values[winner.clamp_max(num_values - 1)].view(identities.numel(), num_attributes)
     if attribute_labels.is_floating_point():
-        no_vote = counts.sum(dim=-1) == 0
+        no_vote = (winner == num_values).view(identities.numel(), num_attributes)
         result = result.masked_fill(no_vote, float("nan"))
     return result[identity_index]

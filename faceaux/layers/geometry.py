@@ -23,7 +23,14 @@ import math
 import torch
 import torch.nn.functional as F
 
-from faceaux._checks import check_same_batch, check_tensor
+from faceaux._checks import (
+    check_finite,
+    check_same_batch,
+    check_tensor,
+    data_checks_enabled,
+    finite_check,
+    raise_bad_data,
+)
 
 __all__ = [
     "ARCFACE_TEMPLATE_112",
@@ -171,6 +178,10 @@ def params_from_matrix(matrix: torch.Tensor, kind: str) -> torch.Tensor:
     similarity in the least-squares sense (``λcosα = (θ11 + θ22) / 2``,
     ``λsinα = (θ21 − θ12) / 2``); ``"translation"`` keeps ``θ13, θ23``.
 
+    Degenerate matrices raise ``ValueError`` (one device→host read): a NaN/inf entry, and for
+    ``"projective"`` a ``θ33`` of 0 (or so small that dividing by it overflows) — such a
+    homography maps the image centre to infinity and has no ``θ33 = 1`` form (eq. 1).
+
     Args:
         matrix: the matrices, ``(B, 3, 3)``.
         kind: one of ``TRANSFORM_PARAMETERS``.
@@ -190,14 +201,32 @@ def params_from_matrix(matrix: torch.Tensor, kind: str) -> torch.Tensor:
     _check_kind(kind)
     check_tensor(matrix, "matrix", "(B, 3, 3)", sizes=(None, 3, 3), floating=True)
     batch = matrix.shape[0]
+    if kind == "projective":
+        params = (matrix / matrix[:, 2:, 2:]).reshape(batch, 9)[:, :8]
+        if data_checks_enabled(matrix):
+            count, message = finite_check(matrix, "matrix")
+            degenerate = (~torch.isfinite(params).all(dim=1)).sum()
+            raise_bad_data(
+                [
+                    (count, message),
+                    (
+                        degenerate,
+                        lambda n: (
+                            f"matrix: expected θ33 ≠ 0 for kind='projective' (the parameters "
+                            f"fix θ33 = 1), received {n} matrices with θ33 = 0 or too close "
+                            f"to 0 to divide by"
+                        ),
+                    ),
+                ]
+            )
+        return params
+    check_finite(matrix, "matrix")
     if kind == "identity":
         return matrix.new_zeros(batch, 0)
     if kind == "translation":
         return matrix[:, :2, 2]
     if kind == "affine":
         return matrix[:, :2].reshape(batch, 6)
-    if kind == "projective":
-        return (matrix / matrix[:, 2:, 2:]).reshape(batch, 9)[:, :8]
     a = (matrix[:, 0, 0] + matrix[:, 1, 1]) / 2
     b = (matrix[:, 1, 0] - matrix[:, 0, 1]) / 2
     return torch.stack([torch.hypot(a, b), torch.atan2(b, a), matrix[:, 0, 2], matrix[:, 1, 2]], -1)
@@ -249,8 +278,11 @@ def warp(
       its matrix gets a zero gradient.
 
     The grid is built and the image sampled in ``float32`` or wider (``float64`` when ``x`` or
-    ``matrix`` is); the output is cast back to ``x``'s dtype (bf16 / fp16 inputs are sampled on
-    a float32 grid, not on a grid rounded to 8 or 11 bits).
+    ``matrix`` is), with autocast disabled; the output is cast back to ``x``'s dtype (bf16 /
+    fp16 inputs are sampled on a float32 grid, not on a grid rounded to 8 or 11 bits).
+
+    A NaN/inf *pixel* in ``x`` raises ``ValueError`` (one device→host read; skipped under
+    ``torch.compile``): unlike a bad matrix it has no padding to fall back to.
 
     Args:
         x: the input images, ``(B, C, H, W)``.
@@ -287,6 +319,32 @@ def warp(
             f"padding_mode: expected one of {_PADDING_MODES}, received {padding_mode!r}"
         )
 
+    check_finite(x, "x")
+    return _warp(x, matrix, (height, width), mode, padding_mode, align_corners)
+
+
+def _warp(
+    x: torch.Tensor,
+    matrix: torch.Tensor,
+    size: tuple[int, int],
+    mode: str,
+    padding_mode: str,
+    align_corners: bool,
+) -> torch.Tensor:
+    """:func:`warp` on validated arguments (``SpatialTransformerAlign`` has checked ``x``)."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return _sample(x, matrix, size, mode, padding_mode, align_corners)
+
+
+def _sample(
+    x: torch.Tensor,
+    matrix: torch.Tensor,
+    size: tuple[int, int],
+    mode: str,
+    padding_mode: str,
+    align_corners: bool,
+) -> torch.Tensor:
+    height, width = size
     dtype = torch.promote_types(torch.promote_types(x.dtype, matrix.dtype), torch.float32)
     matrix = matrix.to(dtype)
     # A sample whose matrix is not finite maps every pixel beyond the input (pure padding).
@@ -330,11 +388,24 @@ def _normalization(
 
 
 def _inverse(matrix: torch.Tensor, name: str) -> torch.Tensor:
+    """Inverse of finite, invertible matrices; one device→host read for both checks."""
     inverse, info = torch.linalg.inv_ex(matrix)
-    if bool((info != 0).any()):
-        bad = torch.nonzero(info).flatten().tolist()
-        raise ValueError(f"{name}: expected invertible (B, 3, 3) matrices, singular at {bad}")
+    if not data_checks_enabled(matrix):
+        return inverse
+    singular = (info != 0) | ~torch.isfinite(inverse).flatten(1).all(dim=1)
+
+    def message(_: int) -> str:
+        bad = torch.nonzero(singular).flatten().tolist()
+        return f"{name}: expected invertible (B, 3, 3) matrices, singular at {bad}"
+
+    # a NaN/inf input is named as such, before "singular"
+    raise_bad_data([finite_check(matrix, name), (singular.sum(), message)])
     return inverse
+
+
+def _geometry_dtype(matrix: torch.Tensor) -> torch.dtype:
+    """float32 or wider: pixel-matrix algebra is never done in half precision."""
+    return torch.promote_types(matrix.dtype, torch.float32)
 
 
 def to_pixel_matrix(
@@ -359,10 +430,11 @@ def to_pixel_matrix(
         align_corners: the convention ``warp`` is called with.
 
     Returns:
-        Input-pixel → output-pixel matrices, ``(B, 3, 3)``.
+        Input-pixel → output-pixel matrices, ``(B, 3, 3)``, in float32 or wider: computed with
+        autocast disabled, from half-precision input too (a bf16/fp16 matrix is promoted).
 
     Raises:
-        ValueError: for a bad shape or size, or a singular matrix.
+        ValueError: for a bad shape or size, a NaN/inf entry, or a singular matrix.
 
     Shape:
         - matrix: ``(B, 3, 3)``
@@ -377,10 +449,12 @@ def to_pixel_matrix(
     """
     check_tensor(matrix, "matrix", "(B, 3, 3)", sizes=(None, 3, 3), floating=True)
     in_size, out_size = _check_size(in_size, "in_size"), _check_size(out_size, "out_size")
-    _, in_denorm = _normalization(in_size, align_corners, matrix.dtype, matrix.device)
-    out_norm, _ = _normalization(out_size, align_corners, matrix.dtype, matrix.device)
-    backward = in_denorm @ matrix @ out_norm  # output pixel -> input pixel
-    return _inverse(backward, "matrix")
+    dtype = _geometry_dtype(matrix)
+    with torch.autocast(device_type=matrix.device.type, enabled=False):
+        _, in_denorm = _normalization(in_size, align_corners, dtype, matrix.device)
+        out_norm, _ = _normalization(out_size, align_corners, dtype, matrix.device)
+        backward = in_denorm @ matrix.to(dtype) @ out_norm  # output pixel -> input pixel
+        return _inverse(backward, "matrix")
 
 
 def from_pixel_matrix(
@@ -402,10 +476,11 @@ def from_pixel_matrix(
         align_corners: the convention ``warp`` will be called with.
 
     Returns:
-        Normalised output → input matrices for :func:`warp`, ``(B, 3, 3)``.
+        Normalised output → input matrices for :func:`warp`, ``(B, 3, 3)``, in float32 or wider:
+        computed with autocast disabled, from half-precision input too.
 
     Raises:
-        ValueError: for a bad shape or size, or a singular matrix.
+        ValueError: for a bad shape or size, a NaN/inf entry, or a singular matrix.
 
     Shape:
         - pixel_matrix: ``(B, 3, 3)``
@@ -419,9 +494,11 @@ def from_pixel_matrix(
     """
     check_tensor(pixel_matrix, "pixel_matrix", "(B, 3, 3)", sizes=(None, 3, 3), floating=True)
     in_size, out_size = _check_size(in_size, "in_size"), _check_size(out_size, "out_size")
-    in_norm, _ = _normalization(in_size, align_corners, pixel_matrix.dtype, pixel_matrix.device)
-    _, out_denorm = _normalization(out_size, align_corners, pixel_matrix.dtype, pixel_matrix.device)
-    return in_norm @ _inverse(pixel_matrix, "pixel_matrix") @ out_denorm
+    dtype, device = _geometry_dtype(pixel_matrix), pixel_matrix.device
+    with torch.autocast(device_type=device.type, enabled=False):
+        in_norm, _ = _normalization(in_size, align_corners, dtype, device)
+        _, out_denorm = _normalization(out_size, align_corners, dtype, device)
+        return in_norm @ _inverse(pixel_matrix.to(dtype), "pixel_matrix") @ out_denorm
 
 
 def similarity_from_landmarks(src: torch.Tensor, dst: torch.Tensor | None = None) -> torch.Tensor:
@@ -433,8 +510,10 @@ def similarity_from_landmarks(src: torch.Tensor, dst: torch.Tensor | None = None
     closed form ``a = Σ(x·u + y·v) / Σ(x² + y²)``, ``b = Σ(x·v − y·u) / Σ(x² + y²)`` on centred
     coordinates (``(x, y)`` from ``src``, ``(u, v)`` from ``dst``), which equals Umeyama's SVD
     solution with its reflection correction; it has no SVD, so its gradient is smooth
-    everywhere. Coincident ``src`` points (zero spread) give ``a = b = 0`` (a singular matrix)
-    rather than NaN.
+    everywhere. Coincident ``src`` points — zero spread, or a spread below ``ε`` (the dtype's
+    machine epsilon) times the spread of ``dst`` — give ``a = b = 0`` (a singular matrix) with
+    finite gradients (zero through ``a`` and ``b``) rather than NaN; :func:`from_pixel_matrix`
+    then refuses that matrix. NaN/inf landmarks raise ``ValueError`` (one device→host read).
 
     The result is a forward **pixel** matrix (``src`` pixel → ``dst`` pixel, as OpenCV's
     ``estimateAffinePartial2D`` or scikit-image's ``SimilarityTransform``); pass it through
@@ -446,8 +525,9 @@ def similarity_from_landmarks(src: torch.Tensor, dst: torch.Tensor | None = None
             (five points on a 112×112 crop).
 
     Returns:
-        ``(B, 3, 3)`` similarity matrices, computed in ``float32`` or wider, returned in the
-        promoted dtype of ``src`` and ``dst``.
+        ``(B, 3, 3)`` similarity matrices, computed (with autocast disabled) and returned in
+        the promoted dtype of ``src``, ``dst`` and float32: float32 or wider, also for
+        half-precision landmarks.
 
     Shape:
         - src: ``(B, N, 2)``
@@ -472,16 +552,25 @@ def similarity_from_landmarks(src: torch.Tensor, dst: torch.Tensor | None = None
         raise ValueError(
             f"src: expected at least 2 landmarks (B, N, 2), received {tuple(src.shape)}"
         )
+    raise_bad_data([finite_check(src, "src"), finite_check(dst.to(src.device), "dst")])
     dtype = torch.promote_types(torch.promote_types(src.dtype, dst.dtype), torch.float32)
-    src = src.to(dtype)
-    dst = dst.to(device=src.device, dtype=dtype).expand_as(src)
+    with torch.autocast(device_type=src.device.type, enabled=False):
+        return _similarity(src.to(dtype), dst.to(device=src.device, dtype=dtype).expand_as(src))
 
+
+def _similarity(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     src_mean, dst_mean = src.mean(dim=1), dst.mean(dim=1)  # (B, 2)
     s = src - src_mean[:, None]
     d = dst - dst_mean[:, None]
-    spread = (s * s).sum(dim=(1, 2)).clamp(min=torch.finfo(dtype).tiny)
-    a = (s * d).sum(dim=(1, 2)) / spread
-    b = (s[..., 0] * d[..., 1] - s[..., 1] * d[..., 0]).sum(dim=1) / spread
+    spread = (s * s).sum(dim=(1, 2))
+    # "coincident": a spread that is 0, or negligible against the template's (the scale a would
+    # be ~1/ε); there a = b = 0 and the division never sees a zero (no 0/0 in the gradient)
+    floor = torch.finfo(src.dtype).eps * (d * d).sum(dim=(1, 2))
+    spread_ok = spread > floor.clamp(min=torch.finfo(src.dtype).tiny)
+    safe_spread = torch.where(spread_ok, spread, torch.ones_like(spread))
+    a = torch.where(spread_ok, (s * d).sum(dim=(1, 2)) / safe_spread, 0.0)
+    cross = (s[..., 0] * d[..., 1] - s[..., 1] * d[..., 0]).sum(dim=1)
+    b = torch.where(spread_ok, cross / safe_spread, 0.0)
     tx = dst_mean[:, 0] - (a * src_mean[:, 0] - b * src_mean[:, 1])
     ty = dst_mean[:, 1] - (b * src_mean[:, 0] + a * src_mean[:, 1])
     zero, one = torch.zeros_like(a), torch.ones_like(a)

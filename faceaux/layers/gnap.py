@@ -12,10 +12,19 @@ its own; ``FixedGammaBatchNorm`` is MXNet's ``BatchNorm(fix_gamma=True)`` in PyT
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-from faceaux._checks import check_positive_int, check_tensor
+from faceaux._checks import (
+    check_batch_for_training,
+    check_finite,
+    check_module_input,
+    check_positive_int,
+    check_tensor,
+    stable_vector_norm,
+)
 
 __all__ = ["GNAP", "FixedGammaBatchNorm", "norm_aware_reweight"]
 
@@ -40,8 +49,9 @@ def norm_aware_reweight(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     ``‖F‖_mean / eps`` times the identity, large but finite). The ratio is invariant to a global
     positive rescaling of ``x`` as long as the local norms stay above ``eps``.
 
-    Norms and the ratio are computed in float32 for float16/bfloat16 inputs; the result has the
-    dtype of ``x``.
+    Norms and the ratio are computed in float32 for float16/bfloat16 inputs, without overflow
+    (as ``max|F| · ‖F / max|F|‖``, so features of magnitude 1e20 keep their true norms); the
+    result has the dtype of ``x``. NaN/inf features raise ``ValueError`` (one device→host read).
 
     Args:
         x: feature map.
@@ -58,10 +68,22 @@ def norm_aware_reweight(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
         True
     """
     check_tensor(x, "x", "(B, C, H, W)", floating=True)
-    if not eps > 0:
+    _check_eps(eps)
+    check_finite(x, "x")
+    return _reweight(x, eps)
+
+
+def _check_eps(eps: object) -> None:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
         raise ValueError(f"eps: expected a positive float, received {eps!r}")
+
+
+def _reweight(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """:func:`norm_aware_reweight` on validated input (eqs. 1–3)."""
+    if x.shape[2] * x.shape[3] == 0:
+        return x.clone()  # no positions: nothing to re-weight (and no mean over zero norms)
     work = x.float() if x.dtype in _LOW_PRECISION else x
-    local_norm = torch.linalg.vector_norm(work, dim=1, keepdim=True)  # (B, 1, H, W), eq. 1
+    local_norm = stable_vector_norm(work, dim=1, keepdim=True)  # (B, 1, H, W), eq. 1
     mean_norm = local_norm.mean(dim=(2, 3), keepdim=True)  # (B, 1, 1, 1), eq. 2, per sample
     ratio = mean_norm / local_norm.clamp_min(eps)  # eq. 3
     return x * ratio.to(x.dtype)
@@ -130,6 +152,12 @@ class GNAP(nn.Module):
     Zero local features after the first batch norm stay zero in the re-weighting (see
     ``norm_aware_reweight``); outputs and gradients are finite.
 
+    Bad input: NaN/inf features raise ``ValueError`` (one device→host read) before any batch
+    norm sees them, so the running statistics never absorb them; ``B = 1`` in training mode
+    raises ``ValueError`` (the pooled ``(B, C)`` batch norm has no variance over one sample);
+    ``B = 0`` returns an empty ``(0, out_features)`` output without touching the statistics.
+    Outside autocast the features must have the dtype of the module's parameters.
+
     Args:
         channels: number of input channels ``C``.
         out_features: embedding size; ``None`` (or ``C``) keeps ``C`` and adds no projection.
@@ -150,8 +178,7 @@ class GNAP(nn.Module):
         self.channels = check_positive_int(channels, "channels")
         if out_features is not None:
             check_positive_int(out_features, "out_features")
-        if not eps > 0:
-            raise ValueError(f"eps: expected a positive float, received {eps!r}")
+        _check_eps(eps)
         self.eps = eps
         self.out_features = channels if out_features is None else out_features
         self.input_norm = FixedGammaBatchNorm(channels, spatial=True)
@@ -173,8 +200,19 @@ class GNAP(nn.Module):
             sizes=(None, self.channels, None, None),
             floating=True,
         )
+        if features.shape[2] * features.shape[3] == 0:
+            raise ValueError(
+                f"features: expected a feature map of at least 1×1 (B, C, H, W), received shape "
+                f"{tuple(features.shape)}"
+            )
+        check_module_input(features, "features", self)
+        check_batch_for_training(self, features, "features")
+        check_finite(features, "features")
+        if features.shape[0] == 0:  # an empty batch: no statistics to update, or to use
+            x = features.mean(dim=(2, 3))
+            return x if self.projection is None else self.projection(x)
         x = self.input_norm(features)
-        x = norm_aware_reweight(x, self.eps)
+        x = _reweight(x, self.eps)
         x = self.output_norm(x.mean(dim=(2, 3)))
         if self.projection is not None and self.projection_norm is not None:
             x = self.projection_norm(self.projection(x))

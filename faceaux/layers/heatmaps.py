@@ -11,11 +11,20 @@ Coordinates are (x, y) in pixels of the map they refer to, with pixel centres at
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from faceaux._checks import check_same_batch, check_tensor
+from faceaux._checks import (
+    check_finite_float,
+    check_same_batch,
+    check_tensor,
+    finite_check,
+    raise_bad_data,
+)
 
 __all__ = [
     "FIVE_POINT",
@@ -25,6 +34,10 @@ __all__ = [
     "heatmaps_to_landmarks",
     "render_heatmaps",
 ]
+
+_MODES = ("nearest", "nearest-exact", "bilinear", "bicubic", "area")
+#: ``HeatmapStacker(normalize="max")`` divides each map by ``max(peak, _PEAK_FLOOR)``.
+_PEAK_FLOOR = 1e-6
 
 LANDMARKS_68: tuple[int, ...] = tuple(range(68))
 """All 68 points of the iBUG/300-W 68-point layout (0-based), FAN's output order.
@@ -82,11 +95,40 @@ def render_heatmaps(
         (torch.Size([1, 2, 4, 6]), 1.0, 0.0)
     """
     check_tensor(landmarks, "landmarks", "(B, N, 2)", sizes=(None, None, 2), floating=True)
-    height, width = (int(s) for s in size)
-    if height < 1 or width < 1:
-        raise ValueError(f"size: expected (H, W) with positive entries, received {tuple(size)}")
-    if sigma <= 0:
-        raise ValueError(f"sigma: expected a positive value, received {sigma}")
+    height, width = _check_size(size)
+    check_finite_float(sigma, "sigma", positive=True)
+    with torch.autocast(device_type=landmarks.device.type, enabled=False):
+        return _render(landmarks, height, width, float(sigma))
+
+
+def _check_size(size: object) -> tuple[int, int]:
+    ok = isinstance(size, (tuple, list)) and len(size) == 2
+    ok = ok and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
+    if not ok:
+        raise ValueError(f"size: expected (H, W), two positive ints, received {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def _check_indices(landmarks: object) -> tuple[int, ...]:
+    """A non-empty sequence of non-negative int indices (numpy ints too), as a tuple."""
+    indices: list[int] = []
+    if isinstance(landmarks, Sequence) and not isinstance(landmarks, str):
+        for index in landmarks:
+            if isinstance(index, bool):
+                break
+            try:
+                indices.append(operator.index(index))
+            except TypeError:
+                break
+    if not indices or len(indices) != len(landmarks) or min(indices) < 0:
+        raise ValueError(
+            f"landmarks: expected a non-empty sequence of non-negative int indices, received "
+            f"{landmarks!r}"
+        )
+    return tuple(indices)
+
+
+def _render(landmarks: torch.Tensor, height: int, width: int, sigma: float) -> torch.Tensor:
     x, y = landmarks[..., 0], landmarks[..., 1]
     inside = (x >= -0.5) & (x <= width - 0.5) & (y >= -0.5) & (y <= height - 0.5)
     # Zero out the coordinates of outside/non-finite landmarks before the exponentials so that
@@ -121,7 +163,8 @@ def heatmaps_to_landmarks(
     mean error is 0.25 px at σ = 1 (the refined argmax: 0.19 px) but 0.04 px at σ = 2. Use
     σ ≥ 2 (or a smaller β) when sub-pixel accuracy from ``"soft"`` matters.
 
-    The confidence is each map's maximum value (FAN's heatmap peak) in both methods.
+    The confidence is each map's maximum value (FAN's heatmap peak) in both methods. NaN/inf
+    heatmap values raise ``ValueError`` (one device→host read); ``beta`` must be finite and > 0.
 
     Args:
         heatmaps: one map per landmark.
@@ -141,7 +184,14 @@ def heatmaps_to_landmarks(
     check_tensor(heatmaps, "heatmaps", "(B, N, H, W)", floating=True)
     if method not in ("argmax", "soft"):
         raise ValueError(f"method: expected 'argmax' or 'soft', received {method!r}")
+    check_finite_float(beta, "beta", positive=True)
     batch, num, height, width = heatmaps.shape
+    if height < 1 or width < 1:
+        raise ValueError(
+            f"heatmaps: expected maps of at least 1×1 pixel (B, N, H, W), received shape "
+            f"{tuple(heatmaps.shape)}"
+        )
+    raise_bad_data([finite_check(heatmaps, "heatmaps")])
     flat = heatmaps.flatten(2)
     confidence, index = flat.max(dim=-1)
     if method == "soft":
@@ -183,7 +233,14 @@ class HeatmapStacker(nn.Module):
             to it as well (with ``mode``).
         mode: interpolation mode of ``torch.nn.functional.interpolate`` for the resampling.
         normalize: ``"max"`` rescales each resampled heatmap to [0, 1] (negatives clipped to 0,
-            then divided by the map's maximum; an all-zero map stays zero); ``None`` keeps values.
+            then divided by the map's maximum); ``None`` keeps values. The division is by
+            ``max(peak, 1e-6)``: an all-zero map stays zero, a map whose peak is below 1e-6
+            (no landmark there) is scaled by 1e6 instead of blown up to peak 1, and the
+            gradient stays bounded (≤ 1e6 per entry; a division by the smallest float would
+            give inf). It runs in float32 for half-precision inputs.
+
+    NaN/inf values in ``x`` or ``heatmaps`` raise ``ValueError`` (one device→host read for
+    both).
 
     Shape:
         - x: (B, C, H, W)
@@ -206,14 +263,14 @@ class HeatmapStacker(nn.Module):
         super().__init__()
         if normalize not in ("max", None):
             raise ValueError(f"normalize: expected 'max' or None, received {normalize!r}")
-        if landmarks is not None and (len(landmarks) == 0 or min(landmarks) < 0):
-            raise ValueError(
-                f"landmarks: expected non-negative indices, received {tuple(landmarks)}"
-            )
+        if landmarks is not None:
+            landmarks = _check_indices(landmarks)
+        if mode not in _MODES:
+            raise ValueError(f"mode: expected one of {_MODES}, received {mode!r}")
         indices = None if landmarks is None else torch.tensor(list(landmarks), dtype=torch.long)
         self.register_buffer("indices", indices, persistent=False)
         self.landmarks = None if landmarks is None else tuple(int(i) for i in landmarks)
-        self.size = None if size is None else (int(size[0]), int(size[1]))
+        self.size = None if size is None else _check_size(tuple(size))
         self.mode = mode
         self.normalize = normalize
 
@@ -231,6 +288,7 @@ class HeatmapStacker(nn.Module):
         check_tensor(x, "x", "(B, C, H, W)", floating=True)
         check_tensor(heatmaps, "heatmaps", "(B, N, h, w)", floating=True)
         check_same_batch(x, "x", heatmaps, "heatmaps")
+        raise_bad_data([finite_check(x, "x"), finite_check(heatmaps.to(x.device), "heatmaps")])
         if self.landmarks is not None:
             if max(self.landmarks) >= heatmaps.shape[1]:
                 raise ValueError(
@@ -242,9 +300,10 @@ class HeatmapStacker(nn.Module):
         x = self._resize(x, size)
         maps = self._resize(heatmaps.to(x.dtype), size)
         if self.normalize == "max":
-            maps = maps.clamp(min=0)
-            peak = maps.amax(dim=(-2, -1), keepdim=True)
-            maps = maps / peak.clamp(min=torch.finfo(maps.dtype).tiny)
+            work = maps.float() if maps.dtype in (torch.float16, torch.bfloat16) else maps
+            work = work.clamp(min=0)
+            peak = work.amax(dim=(-2, -1), keepdim=True)
+            maps = (work / peak.clamp(min=_PEAK_FLOOR)).to(maps.dtype)
         return torch.cat((x, maps), dim=1)
 
     def extra_repr(self) -> str:

@@ -13,6 +13,7 @@ part features the flattened descriptor has ``6 · (128 + 2·5) = 828`` dimension
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Iterable, Sequence
 
@@ -20,7 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from faceaux._checks import check_same_batch, check_tensor
+from faceaux._checks import (
+    check_same_batch,
+    check_tensor,
+    data_checks_enabled,
+    finite_check,
+    raise_bad_data,
+    stable_vector_norm,
+)
 
 __all__ = [
     "PartMaskPooling",
@@ -66,6 +74,11 @@ def _check_parts(parts: Sequence[int] | None) -> tuple[int, ...] | None:
     return tuple(indices)
 
 
+def _check_eps(eps: object) -> None:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
+        raise ValueError(f"eps: expected a positive float, received {eps!r}")
+
+
 def part_mask_pooling(
     features: torch.Tensor,
     masks: torch.Tensor,
@@ -105,9 +118,11 @@ def part_mask_pooling(
     The activation and the probability sum run in float32 for float16/bfloat16 inputs; masks are
     cast to ``features.dtype`` for the pooling.
 
-    The negative-mask check (only with ``mask_activation=None`` and ``normalize=True``, as the
-    probability sum is then meaningless) reads the data: it costs a device sync and, under
-    ``torch.compile``, a graph break. The other checks look at shapes only.
+    Data checks: NaN/inf features or masks, and (only with ``mask_activation=None`` and
+    ``normalize=True``, as the probability sum is then meaningless) a negative mask value,
+    raise ``ValueError``. They are read from the device in one transfer (a synchronisation on a
+    GPU) and skipped under ``torch.compile`` / export and for meta tensors. ``B = 0`` gives an
+    empty ``(0, K, C)`` output.
 
     Args:
         features: backbone feature map ``F``.
@@ -121,8 +136,8 @@ def part_mask_pooling(
 
     Raises:
         ValueError: a tensor of the wrong rank or dtype, different batch sizes, a part index
-            outside ``[0, P)``, or (``mask_activation=None`` with ``normalize=True``, the one
-            data check) a negative mask value.
+            outside ``[0, P)``, NaN/inf values, or (``mask_activation=None`` with
+            ``normalize=True``) a negative mask value.
 
     Shape:
         - features: ``(B, C, H, W)``
@@ -141,6 +156,7 @@ def part_mask_pooling(
     _check_choice(mode, "mode", _MODES)
     _check_choice(mask_resize, "mask_resize", _RESIZES)
     parts = _check_parts(parts)
+    _check_eps(eps)
     num_classes = masks.shape[1]
     if parts is not None and max(parts) >= num_classes:
         raise ValueError(
@@ -155,12 +171,20 @@ def part_mask_pooling(
         work = work.sigmoid()
     if parts is not None:
         work = work[:, list(parts)]
-    if mask_activation is None and normalize and bool((work < 0).any()):
-        raise ValueError(
-            f"masks: expected non-negative probabilities with mask_activation=None and "
-            f"normalize=True, received minimum {work.min().item():.4g} in masks of shape "
-            f"{tuple(masks.shape)}"
-        )
+    if data_checks_enabled(features, masks):
+        checks = [finite_check(features, "features"), finite_check(masks, "masks")]
+        if mask_activation is None and normalize:
+            selected = work
+
+            def negative(_: int) -> str:
+                return (
+                    f"masks: expected non-negative probabilities with mask_activation=None and "
+                    f"normalize=True, received minimum {selected.min().item():.4g} in masks of "
+                    f"shape {tuple(masks.shape)}"
+                )
+
+            checks.append(((work < 0).sum(), negative))
+        raise_bad_data(checks)
     height, width = features.shape[-2:]
     if work.shape[-2:] != (height, width):
         if mask_resize == "max":
@@ -226,8 +250,7 @@ class PartMaskPooling(nn.Module):
         _check_choice(mask_activation, "mask_activation", _ACTIVATIONS)
         _check_choice(mode, "mode", _MODES)
         _check_choice(mask_resize, "mask_resize", _RESIZES)
-        if not eps > 0:
-            raise ValueError(f"eps: expected a positive float, received {eps!r}")
+        _check_eps(eps)
         self.parts = _check_parts(parts)
         self.mask_activation = mask_activation
         self.mode = mode
@@ -268,7 +291,10 @@ def structure_correlation(
     square root is taken of ``max(‖L_n − L_i‖², eps²)``, so its gradient never divides by zero);
     an all-zero part gives ``A = 0`` (each norm in the cosine is bounded below by ``eps``). Values
     and gradients are finite. Distances and cosines are computed in float32 for float16/bfloat16
-    inputs and cast back.
+    inputs and cast back, without overflow: norms are taken as ``max|v| · ‖v / max|v|‖`` and the
+    cosine from the unit vectors, so part features of magnitude 1e20 still give their true
+    distances and cosines. NaN/inf part features raise ``ValueError`` (one device→host read);
+    ``B = 0`` gives an empty output of the documented shape.
 
     Args:
         parts: part features ``L`` (e.g. the output of ``part_mask_pooling``).
@@ -287,9 +313,9 @@ def structure_correlation(
         torch.Size([2, 828])
     """
     check_tensor(parts, "parts", "(B, K, C)", floating=True)
-    if not eps > 0:
-        raise ValueError(f"eps: expected a positive float, received {eps!r}")
-    batch, num_parts, _ = parts.shape
+    _check_eps(eps)
+    raise_bad_data([finite_check(parts, "parts")])
+    batch, num_parts, channels = parts.shape
     work = parts.float() if parts.dtype in _LOW_PRECISION else parts
     # others[n, j] = j-th part other than n, ascending: j if j < n else j + 1.
     column = torch.arange(num_parts - 1, device=parts.device)
@@ -297,14 +323,17 @@ def structure_correlation(
     others = column.unsqueeze(0) + (column.unsqueeze(0) >= row.unsqueeze(1)).long()
     anchor = work.unsqueeze(2)  # (B, K, 1, C)
     other = work[:, others]  # (B, K, K-1, C)
-    squared = (anchor - other).square().sum(dim=-1)  # (B, K, K-1)
-    distance = squared.clamp_min(eps * eps).sqrt()
-    distance = torch.where(squared > eps * eps, distance, torch.zeros_like(distance))
-    norms = torch.linalg.vector_norm(work, dim=-1).clamp_min(eps)  # (B, K)
-    cosine = (anchor * other).sum(dim=-1) / (norms.unsqueeze(2) * norms[:, others])
+    # ‖L_n − L_i‖ without overflow; a distance below eps is 0 with a zero gradient
+    distance = stable_vector_norm(anchor - other, dim=-1)  # (B, K, K-1)
+    distance = torch.where(distance > eps, distance, torch.zeros_like(distance))
+    norms = stable_vector_norm(work, dim=-1, keepdim=True)  # (B, K, 1)
+    unit = work / norms.clamp_min(eps)  # the cosine of unit vectors: no overflowing product
+    cosine = (unit.unsqueeze(2) * unit[:, others]).sum(dim=-1)
     pairs = torch.stack((distance, cosine), dim=-1).flatten(2)  # (B, K, 2(K-1)): D, A, D, A…
     out = torch.cat((parts, pairs.to(parts.dtype)), dim=-1)
-    return out.reshape(batch, -1) if flatten else out
+    if flatten:
+        return out.reshape(batch, num_parts * (channels + 2 * (num_parts - 1)))
+    return out
 
 
 class StructureCorrelation(nn.Module):
@@ -331,8 +360,7 @@ class StructureCorrelation(nn.Module):
 
     def __init__(self, flatten: bool = True, eps: float = 1e-8) -> None:
         super().__init__()
-        if not eps > 0:
-            raise ValueError(f"eps: expected a positive float, received {eps!r}")
+        _check_eps(eps)
         self.flatten = bool(flatten)
         self.eps = eps
 
