@@ -288,11 +288,16 @@ def tar_at_far_insightface(
         {0.1: nan, 0.4: 1.0}
     """
     fpr, tpr, _ = roc_curve(scores, issame)
-    # scikit-learn's drop_intermediate: keep the ends and every point where the curve turns
-    turns = np.logical_or(np.diff(fpr, 2) != 0, np.diff(tpr, 2) != 0)
-    keep = np.r_[True, turns, True]
-    fpr, tpr = fpr[keep][::-1], tpr[keep][::-1]  # reversed: argmin's first hit = highest TPR
+    # scikit-learn's drop_intermediate, on the points after the leading (0, 0): keep the ends
+    # and every point where the curve turns
     n_impostor = int((~np.asarray(issame, dtype=bool)).sum())
+    n_genuine = np.asarray(issame, dtype=bool).size - n_impostor
+    false_accepts, true_accepts = np.rint(fpr * n_impostor), np.rint(tpr * n_genuine)  # counts
+    keep = np.ones(fpr.size, dtype=bool)
+    if fpr.size > 3:
+        turns = np.diff(false_accepts[1:], 2) != 0
+        keep[2:-1] = turns | (np.diff(true_accepts[1:], 2) != 0)
+    fpr, tpr = fpr[keep][::-1], tpr[keep][::-1]  # reversed: argmin's first hit = highest TPR
     out = {}
     for far in fars:
         if far * n_impostor < 1:
