@@ -107,3 +107,80 @@ def run(rank: int, world_size: int, workdir: str) -> None:
         torch.save(out, root / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input on one rank (issue 13): every rank must raise the same error, promptly
+
+
+def _bad_input_cases(rank: int) -> dict[str, object]:
+    """Per scenario, a callable that this rank runs; "bad" marks the rank that misbehaves."""
+
+    def partial_fc_step(x: torch.Tensor, y: torch.Tensor, **kwargs) -> torch.Tensor:
+        torch.manual_seed(0)  # the same centres on both ranks' shards of the same layout
+        head = PartialFC(4, 10, **kwargs).double()
+        if isinstance(x, torch.Tensor):
+            x = x.clone().requires_grad_(x.is_floating_point())
+        loss = head(x, y)
+        loss.backward()
+        return loss.detach()
+
+    good_x = torch.randn(3, 4, dtype=torch.float64)
+    good_y = torch.tensor([0, 5, 9])
+    nan_x = good_x.clone()
+    nan_x[1, 2] = float("nan")
+    return {
+        "float_labels": lambda: partial_fc_step(good_x, good_y.double() if rank == 1 else good_y),
+        "label_out_of_range": lambda: partial_fc_step(
+            good_x, torch.tensor([0, 10, 9]) if rank == 1 else good_y
+        ),
+        "nan_embeddings": lambda: partial_fc_step(nan_x if rank == 0 else good_x, good_y),
+        "wrong_embedding_size": lambda: partial_fc_step(
+            torch.randn(3, 5, dtype=torch.float64) if rank == 1 else good_x, good_y
+        ),
+        "not_a_tensor": lambda: partial_fc_step([[0.0] * 4] if rank == 0 else good_x, good_y),
+        "sharded_ce_rows_differ": lambda: sharded_cross_entropy(
+            torch.randn(3 + rank, 5, dtype=torch.float64), torch.zeros(3 + rank, dtype=torch.long)
+        ),
+        "one_rank_empty": lambda: partial_fc_step(
+            good_x[:0] if rank == 0 else good_x, good_y[:0] if rank == 0 else good_y
+        ),
+        "all_ranks_empty": lambda: partial_fc_step(good_x[:0], good_y[:0]),
+        "all_ranks_empty_adaface": lambda: partial_fc_step(
+            good_x[:0], good_y[:0], margin_fn=AdaFaceMargin()
+        ),
+    }
+
+
+def run_bad_inputs(rank: int, world_size: int, workdir: str) -> None:
+    """Run every scenario on every rank; record per rank what was raised and how fast."""
+    import json
+    import time
+    import warnings
+
+    torch.set_num_threads(1)
+    root = Path(workdir)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{root / 'rendezvous_bad'}",
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(seconds=20),  # a hang shows up as a 20 s RuntimeError
+    )
+    results: dict[str, dict[str, object]] = {}
+    try:
+        torch.manual_seed(rank)
+        for name, case in _bad_input_cases(rank).items():
+            start = time.perf_counter()
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    value = case()
+                outcome = {"error": None, "value": float(value)}
+            except Exception as error:  # recorded for the parent to check
+                outcome = {"error": type(error).__name__, "message": str(error)}
+            outcome["seconds"] = time.perf_counter() - start
+            results[name] = outcome
+        (root / f"bad_rank{rank}.json").write_text(json.dumps(results))
+    finally:
+        dist.destroy_process_group()

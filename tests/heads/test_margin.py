@@ -532,3 +532,174 @@ def test_cuda_parity(head):
 def test_arcface_compiles():
     head = ArcFace(8, 5, s=16.0)
     assert_compiles(head, (torch.randn(4, 8), torch.tensor([0, 1, 2, 4])))
+
+
+# ---------------------------------------------------------------------------------------------
+# robustness (issue 13): labels, non-finite input, dtypes, running state, overflow, bf16
+
+
+def all_heads(d: int = 8, c: int = 5) -> list[torch.nn.Module]:
+    return [
+        ArcFace(d, c),
+        CosFace(d, c),
+        CombinedMargin(d, c),
+        SphereFace(d, c),
+        AdaFace(d, c),
+        SubCenterArcFace(d, c),
+        NormSoftmax(d, c),
+    ]
+
+
+@pytest.mark.parametrize("head", all_heads(), ids=lambda h: type(h).__name__)
+@pytest.mark.parametrize("bad", [5, 10**9, -2, -7])
+def test_every_head_rejects_labels_out_of_range(head, bad):
+    with pytest.raises(ValueError, match=r"^labels: expected class indices in \[0, 5\) or -1"):
+        head(torch.randn(3, 8), torch.tensor([0, bad, 1]))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda y: margin_logits(torch.rand(3, 5), y),
+        lambda y: sphereface_logits(torch.rand(3, 5), y, torch.rand(3)),
+        lambda y: adaface_logits(torch.rand(3, 5), y, torch.rand(3), 20.0, 100.0),
+        lambda y: AdaFaceMargin()(torch.rand(3, 5), y, torch.rand(3)),
+    ],
+)
+def test_logits_in_functions_reject_labels_out_of_range(call):
+    call(torch.tensor([0, -1, 4]))  # -1 (ignore_index) and C - 1 are fine
+    for bad in (5, -2):
+        with pytest.raises(ValueError, match=r"^labels: expected class indices in \[0, 5\)"):
+            call(torch.tensor([0, bad, 4]))
+
+
+@pytest.mark.parametrize("head", all_heads(), ids=lambda h: type(h).__name__)
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_every_head_rejects_non_finite_embeddings(head, bad):
+    x = torch.randn(3, 8)
+    x[1, 2] = bad
+    with pytest.raises(ValueError, match=r"^embeddings: expected finite values, received 1 "):
+        head(x, torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match=r"^embeddings: expected finite values"):
+        head(x)
+
+
+def test_logits_in_functions_reject_non_finite_cosines_and_norms():
+    cosine, y = torch.rand(2, 3), torch.tensor([0, 1])
+    cosine[0, 2] = math.nan
+    with pytest.raises(ValueError, match=r"^cosine: expected finite values"):
+        margin_logits(cosine, y)
+    with pytest.raises(ValueError, match=r"^norms: expected finite values"):
+        sphereface_logits(torch.rand(2, 3), y, torch.tensor([1.0, math.inf]))
+    with pytest.raises(ValueError, match=r"^batch_std: expected finite values"):
+        adaface_logits(torch.rand(2, 3), y, torch.rand(2), 20.0, torch.tensor(math.nan))
+    with pytest.raises(ValueError, match=r"^batch_mean: expected a finite number"):
+        adaface_logits(torch.rand(2, 3), y, torch.rand(2), math.nan, 100.0)
+
+
+@pytest.mark.parametrize("head", all_heads(), ids=lambda h: type(h).__name__)
+def test_half_precision_input_outside_autocast_is_a_clear_error(head):
+    x, y = torch.randn(3, 8), torch.tensor([0, 1, 2])
+    with pytest.raises(ValueError, match=r"^embeddings: expected dtype torch.float32 .*autocast"):
+        head(x.bfloat16(), y)
+    with pytest.raises(ValueError, match=r"^embeddings: expected dtype torch.float32"):
+        head(x.double(), y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the mix is what autocast is for
+        assert torch.isfinite(head(x.bfloat16(), y)).all()
+    assert head.double()(x.double(), y).dtype == torch.float64
+
+
+@pytest.mark.filterwarnings("ignore:AdaFaceMargin. an empty batch")
+@pytest.mark.parametrize("head", all_heads(), ids=lambda h: type(h).__name__)
+def test_every_head_on_an_empty_batch(head):
+    x = torch.randn(0, 8, requires_grad=True)
+    logits = head(x, torch.zeros(0, dtype=torch.long))
+    assert logits.shape == (0, 5)
+    logits.sum().backward()
+    assert x.grad.shape == (0, 8)
+
+
+def test_labels_on_another_device_are_named():
+    with pytest.raises(ValueError, match=r"^labels: expected a tensor on cpu"):
+        ArcFace(8, 5)(torch.randn(2, 8), torch.tensor([0, 1], device="meta"))
+
+
+def test_adaface_statistics_unchanged_by_a_non_finite_or_empty_batch():
+    head = AdaFace(8, 5, t_alpha=0.5)
+    head(torch.randn(6, 8) * 30, torch.randint(0, 5, (6,)))  # move them off the start values
+    before = {k: v.clone() for k, v in head.state_dict().items()}
+    bad = torch.randn(6, 8)
+    bad[3, 0] = math.nan
+    with pytest.raises(ValueError, match=r"^embeddings: expected finite"):
+        head(bad, torch.randint(0, 5, (6,)))
+    with pytest.warns(UserWarning, match="empty batch"):
+        head(torch.randn(0, 8), torch.zeros(0, dtype=torch.long))
+    head(torch.randn(0, 8), torch.zeros(0, dtype=torch.long))  # warned once only
+    for key, value in head.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    head.eval()
+    assert torch.isfinite(head(torch.randn(4, 8), torch.tensor([0, 1, 2, 3]))).all()
+
+
+def test_adaface_margin_statistics_unchanged_by_bad_logits_in_input():
+    margin = AdaFaceMargin()
+    before = (margin.batch_mean.clone(), margin.batch_std.clone())
+    with pytest.raises(ValueError, match=r"^norms: expected finite"):
+        margin(torch.rand(2, 3), torch.tensor([0, 1]), torch.tensor([1.0, math.nan]))
+    with pytest.raises(ValueError, match=r"^labels: expected class indices"):
+        margin(torch.rand(2, 3), torch.tensor([0, 3]), torch.tensor([1.0, 2.0]))
+    assert torch.equal(margin.batch_mean, before[0])
+    assert torch.equal(margin.batch_std, before[1])
+
+
+def test_adaface_statistics_update_drops_non_finite_values_without_a_host_read():
+    """Where the data checks are skipped (torch.compile), the update itself keeps μ, σ finite."""
+    margin = AdaFaceMargin()
+    margin._update_statistics(torch.tensor([1.0, math.nan, 3.0]))
+    assert margin.batch_mean.item() == 20.0  # the mean was NaN: dropped
+    assert margin.batch_std.item() == 100.0  # the std was NaN: dropped
+    margin._update_statistics(torch.tensor([30.0, 40.0]))
+    assert margin.batch_mean.item() == pytest.approx(0.99 * 20 + 0.01 * 35)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [({"m": math.nan}, "m"), ({"h": 0.0}, "h"), ({"eps": 0.7}, "eps"), ({"s": math.inf}, "s")],
+)
+def test_adaface_hyper_parameters_are_validated(kwargs, name):
+    with pytest.raises(ValueError, match=rf"^{name}: expected"):
+        AdaFaceMargin(**kwargs)
+    with pytest.raises(ValueError, match=rf"^{name}: expected"):
+        adaface_logits(torch.rand(2, 3), torch.tensor([0, 1]), torch.rand(2), 20.0, 100.0, **kwargs)
+
+
+@pytest.mark.dtypes("bfloat16", "float16")
+@pytest.mark.parametrize("make", [AdaFace, SphereFace], ids=["AdaFace", "SphereFace"])
+def test_norm_aware_heads_under_autocast_with_cosines_exactly_plus_minus_one(dtype, make):
+    """bf16 rounds the clamp 1 − 1e-3 back to 1 (acos' infinite slope): the clamp runs in fp32."""
+    head = make(8, 6)
+    y = torch.arange(6).repeat(2)
+    side = torch.tensor([1.0, -1.0]).repeat_interleave(6)[:, None]
+    x = side * torch.linspace(1, 60, 12)[:, None] * F.normalize(head.weight.detach())[y]
+    x.requires_grad_(True)
+    with torch.autocast("cpu", dtype=dtype):
+        loss = F.cross_entropy(head(x, y).float(), y)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(x.grad).all()
+    assert torch.isfinite(head.weight.grad).all()
+
+
+def test_overflowing_embedding_norms():
+    """1e20 squares to inf in float32: the heads' norms are computed without overflow."""
+    x, y = torch.randn(4, 8), torch.tensor([0, 1, 2, 3])
+    arc = ArcFace(8, 5)
+    torch.testing.assert_close(arc(x * 1e20, y), arc(x, y))  # was: all logits 0
+    sphere = SphereFace(8, 5, anneal=False)
+    big = (x * 1e20).requires_grad_(True)
+    logits = sphere(big, y)
+    torch.testing.assert_close(logits / 1e20, sphere(x, y))
+    F.cross_entropy(logits, y).backward()
+    assert torch.isfinite(big.grad).all()
+    ada = AdaFace(8, 5).eval()
+    torch.testing.assert_close(ada(x * 1e20, y), ada(x * 1e2, y))  # norms clipped at 100

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import re
 
 import pytest
 import torch
@@ -306,6 +307,59 @@ def test_autocast_partial_fc_is_finite_with_cosines_at_one(dtype):
     assert torch.isfinite(head.weight.grad).all()
 
 
+@pytest.mark.filterwarnings("ignore:AdaFaceMargin. an empty batch")
+def test_empty_batch_gives_a_zero_loss_that_back_propagates():
+    for margin_fn in (None, AdaFaceMargin()):
+        head = PartialFC(6, 9, margin_fn=margin_fn)
+        x = torch.randn(0, 6, requires_grad=True)
+        loss = head(x, torch.zeros(0, dtype=torch.long))
+        loss.backward()
+        assert loss.item() == 0.0
+        assert x.grad.shape == (0, 6)
+        assert torch.equal(head.weight.grad, torch.zeros_like(head.weight))
+    logits = torch.randn(0, 4, requires_grad=True)
+    loss = sharded_cross_entropy(logits, torch.zeros(0, dtype=torch.long))
+    loss.backward()
+    assert loss.item() == 0.0
+
+
+@pytest.mark.parametrize(
+    ("call", "pattern"),
+    [
+        (
+            lambda: PartialFC(4, 10)(torch.randn(2, 4), torch.tensor([0, 10])),
+            r"^labels: .*\[0, 10\)",
+        ),
+        (
+            lambda: PartialFC(4, 10)(torch.randn(2, 4), torch.tensor([-1, 3])),
+            r"^labels: .*\[0, 10\)",
+        ),
+        (
+            lambda: PartialFC(4, 10)(
+                torch.tensor([[0.0, math.nan, 0, 0], [1, 1, 1, 1]]), torch.tensor([0, 1])
+            ),
+            r"^embeddings: expected finite",
+        ),
+        (
+            lambda: PartialFC(4, 10)(torch.randn(2, 4).bfloat16(), torch.tensor([0, 1])),
+            r"^embeddings: expected dtype torch.float32",
+        ),
+        (
+            lambda: sharded_cross_entropy(torch.randn(2, 3), torch.tensor([0, 3])),
+            r"^labels: expected each row's target column in \[0, C_local\) or -1",
+        ),
+        (
+            lambda: sharded_cross_entropy(torch.tensor([[0.0, math.inf]]), torch.tensor([1])),
+            r"^logits: expected finite values",
+        ),
+        (lambda: sharded_cross_entropy(torch.randn(2, 0), torch.tensor([0, 0])), r"^logits: "),
+    ],
+)
+def test_bad_data_raises_value_error_naming_the_argument(call, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        call()
+
+
 @pytest.mark.cuda
 def test_cuda_parity():
     assert_cuda_parity(PartialFC(8, 10), (torch.randn(6, 8), torch.tensor([0, 1, 2, 3, 9, 9])))
@@ -422,3 +476,64 @@ def test_two_ranks_state_dicts_merge_and_gather_to_the_full_centres(two_ranks):
         assert "reshard_state_dict" in out["wrong_shard_error"]
     three = PartialFC.reshard_state_dict([out["state_dict"] for out in outputs], 2, 3)
     assert torch.equal(three["weight"], data["weight"][5:7])
+
+
+# ---------------------------------------------------------------------------------------------
+# one rank's bad input (issue 13): every rank raises the same ValueError, promptly
+
+
+@pytest.fixture(scope="module")
+def two_ranks_bad_inputs(tmp_path_factory):
+    """Run ``partial_fc_worker.run_bad_inputs`` on 2 gloo processes; return both ranks' records."""
+    import json
+
+    from heads import partial_fc_worker
+
+    workdir = tmp_path_factory.mktemp("partial_fc_bad")
+    mp.spawn(partial_fc_worker.run_bad_inputs, args=(WORLD_SIZE, str(workdir)), nprocs=WORLD_SIZE)
+    return [json.loads((workdir / f"bad_rank{r}.json").read_text()) for r in range(WORLD_SIZE)]
+
+
+@pytest.mark.parametrize(
+    ("case", "bad_rank", "pattern"),
+    [
+        ("float_labels", 1, r"^labels: expected an integer tensor"),
+        ("label_out_of_range", 1, r"^labels: expected class indices in \[0, 10\)"),
+        ("nan_embeddings", 0, r"^embeddings: expected finite values"),
+        ("wrong_embedding_size", 1, r"^embeddings: expected shape \(B, D\) with size 4"),
+        ("not_a_tensor", 0, r"^embeddings: expected a tensor"),
+    ],
+)
+def test_two_ranks_one_bad_input_every_rank_raises_the_same_error_fast(
+    two_ranks_bad_inputs, case, bad_rank, pattern
+):
+    records = [ranks[case] for ranks in two_ranks_bad_inputs]
+    for record in records:
+        assert record["error"] == "ValueError", record
+        assert re.match(pattern, record["message"]), record["message"]
+        assert (
+            f"[rank {bad_rank} of 2; PartialFC raises this error on every rank]"
+            in (record["message"])
+        )
+        assert record["seconds"] < 5.0, record  # not the 20 s process-group timeout
+    assert records[0]["message"] == records[1]["message"]
+
+
+def test_two_ranks_sharded_cross_entropy_with_different_row_counts_raises_on_both(
+    two_ranks_bad_inputs,
+):
+    records = [ranks["sharded_ce_rows_differ"] for ranks in two_ranks_bad_inputs]
+    for record in records:
+        assert record["error"] == "ValueError", record
+        assert record["message"].startswith("logits: expected the same number of rows N")
+        assert record["seconds"] < 5.0
+
+
+def test_two_ranks_empty_batches(two_ranks_bad_inputs):
+    """One rank with B = 0 trains normally; N = 0 on every rank is a zero loss, no NaN."""
+    one_empty = [ranks["one_rank_empty"] for ranks in two_ranks_bad_inputs]
+    assert [r["error"] for r in one_empty] == [None, None]
+    assert one_empty[0]["value"] == one_empty[1]["value"] > 0  # the same global loss
+    for case in ("all_ranks_empty", "all_ranks_empty_adaface"):
+        records = [ranks[case] for ranks in two_ranks_bad_inputs]
+        assert [(r["error"], r["value"]) for r in records] == [(None, 0.0), (None, 0.0)]
