@@ -43,8 +43,8 @@ def test_train_help_lists_every_key_with_its_default(capsys):
 
 
 def test_eval_prints_ijb_and_bin_tables(tmp_path, capsys):
-    root = make_ijbc_folder(tmp_path, num_identities=20, size=(48, 48))
-    bin_path = make_verification_bin(tmp_path / "tiny.bin", num_identities=6, size=(56, 56))
+    root = make_ijbc_folder(tmp_path)
+    bin_path = make_verification_bin(tmp_path / "tiny.bin")
     out = tmp_path / "report.json"
     status = main(
         ["eval", *MODEL, "--ijb", str(root), "--bin", str(bin_path), "--num-workers", "0",

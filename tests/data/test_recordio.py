@@ -17,8 +17,9 @@ import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
+from train.tiny_data import synthetic
 
-from faceaux.data import ImageFolderFaces, RecordFaces, RecordWriter, SyntheticFaces, pack_folder
+from faceaux.data import ImageFolderFaces, RecordFaces, RecordWriter, pack_folder
 from faceaux.data.recordio import MAGIC, frame_record, pack_image_record, unpack_image_record
 
 MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -221,9 +222,9 @@ def test_bad_arguments(tmp_path):
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("folder")
-    data = SyntheticFaces(num_identities=4, images_per_identity=3, size=(24, 20), seed=3)
-    for index in range(len(data)):
-        folder = root / f"person{int(data.labels[index])}"
+    data = synthetic()  # 20 identities × 6 images; the first 12 images: 2 identities
+    for index in range(12):
+        folder = root / f"person{int(data.labels[index])}{index % 2}"  # 4 folders of 3
         folder.mkdir(exist_ok=True)
         fmt, suffix = ("PNG", ".png") if index % 2 else ("JPEG", ".jpg")
         image = Image.fromarray(data.images[index].permute(1, 2, 0).numpy())

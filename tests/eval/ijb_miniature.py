@@ -18,10 +18,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, when run as a script
+
 import numpy as np
 import torch
-
-from faceaux.data import SyntheticFaces
+from train.tiny_data import synthetic
 
 
 def five_points(landmarks68: torch.Tensor) -> torch.Tensor:
@@ -39,13 +40,13 @@ def five_points(landmarks68: torch.Tensor) -> torch.Tensor:
 
 
 def make_ijbc_folder(
-    root: Path, num_identities: int = 20, size: tuple[int, int] = (64, 64), seed: int = 0
+    root: Path, num_identities: int = 20, size: tuple[int, int] = (56, 56), seed: int = 0
 ) -> Path:
     """Write the miniature IJB-C folder under ``root/IJBC``; returns that folder."""
     from PIL import Image
 
     images_per_identity = 6
-    data = SyntheticFaces(num_identities, images_per_identity, size=size, seed=seed)
+    data = synthetic(num_identities, images_per_identity, tuple(size), seed)
     folder = root / "IJBC"
     (folder / "meta").mkdir(parents=True, exist_ok=True)
     (folder / "loose_crop").mkdir(exist_ok=True)
@@ -91,7 +92,7 @@ def make_ijbc_folder(
     return folder
 
 
-def make_verification_bin(path: Path, num_identities: int = 10, size=(56, 56), seed=1) -> Path:
+def make_verification_bin(path: Path, num_identities: int = 20, size=(56, 56), seed=0) -> Path:
     """A small InsightFace ``.bin``: PNG pairs from SyntheticFaces (genuine/impostor alternate)."""
     import io
 
@@ -99,7 +100,7 @@ def make_verification_bin(path: Path, num_identities: int = 10, size=(56, 56), s
 
     from faceaux.data import make_pairs, save_verification_bin
 
-    data = SyntheticFaces(num_identities, 4, size=size, seed=seed)
+    data = synthetic(num_identities, 6, tuple(size), seed)
     pairs, issame = make_pairs(data, 40, seed=seed)
     encoded = []
     for index in pairs.flatten().tolist():

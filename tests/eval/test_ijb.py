@@ -28,7 +28,7 @@ sklearn_metrics = pytest.importorskip("sklearn.metrics", reason="reference ROC: 
 
 @pytest.fixture(scope="module")
 def ijbc(tmp_path_factory) -> Path:
-    return make_ijbc_folder(tmp_path_factory.mktemp("ijb"), num_identities=20, size=(64, 64))
+    return make_ijbc_folder(tmp_path_factory.mktemp("ijb"))
 
 
 class TinyEmbedder(nn.Module):

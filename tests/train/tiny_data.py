@@ -7,9 +7,21 @@ sub-folder per identity, JPEG files); ``pack_tiny`` packs one into a RecordIO pa
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from faceaux.data import SyntheticFaces, pack_folder
+
+
+@functools.lru_cache(maxsize=4)
+def synthetic(
+    num_identities: int = 20,
+    images_per_identity: int = 6,
+    size: tuple[int, int] = (56, 56),
+    seed: int = 0,
+) -> SyntheticFaces:
+    """One rendered set per argument tuple and test session (rendering costs seconds)."""
+    return SyntheticFaces(num_identities, images_per_identity, size=size, seed=seed)
 
 
 def write_image_folder(
@@ -23,7 +35,7 @@ def write_image_folder(
     """Render SyntheticFaces into ``root/<identity>/<n>.jpg``; returns ``root``."""
     from PIL import Image
 
-    data = SyntheticFaces(num_identities, images_per_identity, size=size, seed=seed)
+    data = synthetic(num_identities, images_per_identity, tuple(size), seed)
     suffix = ".jpg" if fmt == "JPEG" else ".png"
     for index in range(len(data)):
         label = int(data.labels[index])
