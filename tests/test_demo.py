@@ -11,13 +11,16 @@ pytest.importorskip("tqdm", reason="the demo's progress bars need the demo extra
 
 from faceaux import demo
 from faceaux.data.synthetic import SyntheticFaces
+from faceaux.demo.data import flip_batch
 
 
 def test_fast_demo_trains_every_variant(tmp_path, capsys):
     assert demo.main(["--fast", "--quiet", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
-    assert "| variant | extra params |" in printed
+    assert "| variant | final map | extra params |" in printed
     results = json.loads((tmp_path / "results.json").read_text())["results"]
+    curves = json.loads((tmp_path / "roc.json").read_text())
+    assert set(curves) == set(demo.VARIANTS)
     assert [r["variant"] for r in results] == list(demo.VARIANTS)
     for r in results:
         assert r["loss_decreased"], r["variant"]
@@ -27,6 +30,7 @@ def test_fast_demo_trains_every_variant(tmp_path, capsys):
         assert 0.0 <= r["eer"] <= 1.0
         assert r["train_seconds"] > 0
         assert r["variant"] in printed
+        assert r["final_map"] == "7×7"  # GNAP pools a 7×7 map, the papers' scale
     baseline = results[0]
     assert baseline["extra_params"] == 0
     assert baseline["accuracy"] > 0.6  # far above chance even in the tiny run
@@ -41,8 +45,8 @@ def test_flip_batch_mirrors_ground_truth():
         "landmarks": faces.landmarks,
         "parsing": faces.parsing.long(),
     }
-    flipped = demo._flip_batch(batch)
-    twice = demo._flip_batch(flipped)
+    flipped = flip_batch(batch)
+    twice = flip_batch(flipped)
     torch.testing.assert_close(twice["landmarks"], batch["landmarks"])
     assert torch.equal(twice["parsing"], batch["parsing"])
     n = len(faces)
@@ -57,7 +61,7 @@ def test_flip_batch_mirrors_ground_truth():
 
 def test_bad_variant_and_bin_without_training_folder(tmp_path):
     with pytest.raises(ValueError, match="variant"):
-        demo.build_variant("nope", 48, 3)
+        demo.build_variant("nope", 56, 3)
     cfg = demo.DemoConfig(**demo.FAST)
     cfg.variants = ("baseline",)
     cfg.data = str(tmp_path / "lfw.bin")
@@ -70,7 +74,7 @@ def test_demo_on_an_image_folder(tmp_path):
     """--data DIR: the same path on user crops; ground-truth variants are skipped."""
     from PIL import Image
 
-    faces = SyntheticFaces(12, 4, size=(48, 48), seed=2)
+    faces = SyntheticFaces(12, 4, size=(56, 56), seed=2)
     for i in range(len(faces)):
         folder = tmp_path / "crops" / f"id{int(faces.labels[i]):02d}"
         folder.mkdir(parents=True, exist_ok=True)

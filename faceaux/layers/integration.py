@@ -73,7 +73,7 @@ def _overflow_scale(x: torch.Tensor) -> torch.Tensor:
     peak = x.detach().abs().amax(dim=(-2, -1), keepdim=True)
     peak = torch.nan_to_num(peak, nan=1.0, posinf=torch.finfo(x.dtype).max)
     exponent = torch.ceil(torch.log2(peak.clamp(min=1.0)))
-    return torch.where(peak > 2.0**60, torch.exp2(exponent), torch.ones_like(peak))
+    return torch.where(peak > 2.0**60, torch.pow(2.0, exponent), torch.ones_like(peak))
 
 
 class FANIntegrationLayer(nn.Module):

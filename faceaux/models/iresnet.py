@@ -118,12 +118,15 @@ class IResNet(StagedBackbone):
             ``widths[-1] · ⌈H/16⌉ · ⌈W/16⌉`` (7×7 at 112×112).
         in_channels: input channels (3; more when heatmaps are stacked with the image).
         pooling: ``"fc"``, ``"gap"`` or ``"gnap"``, see above.
+        strides: stride of each stage's first block (InsightFace: 2, 2, 2, 2, so 112 → 7);
+            ``(2, 2, 2, 1)`` gives a stride-8 network whose last map is 7×7 at 56×56 input
+            (small-image experiments at the GNAP paper's spatial scale).
 
     Shape:
         - images: (B, in_channels, H, W) with (H, W) = ``input_size`` for ``pooling="fc"``.
         - output: (B, D), not normalised.
-        - ``forward_features``: (B, widths[-1], ⌈H/16⌉, ⌈W/16⌉), the last stage's map (the
-          output block's input).
+        - ``forward_features``: (B, widths[-1], ⌈H/S⌉, ⌈W/S⌉), S = the product of ``strides``
+          (16), the last stage's map (the output block's input).
 
     Examples:
         >>> model = IResNet((1, 1, 1, 1), widths=(8, 16, 32, 64), embedding_size=32).eval()
@@ -144,12 +147,16 @@ class IResNet(StagedBackbone):
         input_size: tuple[int, int] = (112, 112),
         in_channels: int = 3,
         pooling: str = "fc",
+        strides: Sequence[int] = (2, 2, 2, 2),
     ) -> None:
         super().__init__()
-        if len(layers) != 4 or len(widths) != 4:
+        if len(layers) != 4 or len(widths) != 4 or len(strides) != 4:
             raise ValueError(
-                f"layers, widths: expected 4 stages each, received {tuple(layers)}, {tuple(widths)}"
+                f"layers, widths, strides: expected 4 stages each, received {tuple(layers)}, "
+                f"{tuple(widths)}, {tuple(strides)}"
             )
+        if any(s not in (1, 2) for s in strides):
+            raise ValueError(f"strides: expected 1 or 2 per stage, received {tuple(strides)}")
         if pooling not in POOLINGS:
             raise ValueError(f"pooling: expected one of {POOLINGS}, received {pooling!r}")
         self.embedding_size = embedding_size
@@ -160,20 +167,23 @@ class IResNet(StagedBackbone):
         self.prelu = nn.PReLU(widths[0])
         previous = widths[0]
         self.feature_info = []
-        for index, (blocks, width) in enumerate(zip(layers, widths, strict=True), start=1):
-            stage = [IBasicBlock(previous, width, stride=2)]
+        reduction = 1
+        stages = zip(layers, widths, strides, strict=True)
+        for index, (blocks, width, stride) in enumerate(stages, start=1):
+            reduction *= stride
+            stage = [IBasicBlock(previous, width, stride=stride)]
             stage += [IBasicBlock(width, width) for _ in range(blocks - 1)]
             self.add_module(f"layer{index}", nn.Sequential(*stage))
             self.feature_info.append(
                 {
                     "module": f"layer{index}",
                     "num_chs": width,
-                    "reduction": 2**index,
+                    "reduction": reduction,
                     "blocks": tuple(f"layer{index}.{i}" for i in range(blocks)),
                 }
             )
             previous = width
-        self.feature_size = tuple(math.ceil(s / 16) for s in self.input_size)
+        self.feature_size = tuple(math.ceil(s / reduction) for s in self.input_size)
         if pooling == "fc":
             self.bn2 = nn.BatchNorm2d(previous, eps=1e-5)
             self.dropout = nn.Dropout(p=dropout)

@@ -163,7 +163,8 @@ def test_fanface_ablation_knobs() -> None:
     maxed = create_model("fanface_iresnet34", heatmap_normalize="max", **kwargs)
     assert maxed.stacker.normalize == "max"
     none = create_model("fanface_iresnet34", heatmaps="none", **kwargs)
-    assert none.stacker is None and none.backbone.conv1.in_channels == 3
+    assert none.stacker is None
+    assert none.backbone.conv1.in_channels == 3
     plus = create_model("fanface_iresnet34", heatmaps="all", **kwargs)
     assert set(plus.projection) == {"layer1", "layer2", "layer3", "layer4"}
     many = create_model("fanface_iresnet34", connectivity="1-many", **kwargs)
