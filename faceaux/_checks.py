@@ -15,6 +15,7 @@ received, e.g. ``features: expected a 4-D tensor (B, C, H, W), received shape (2
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 
@@ -203,6 +204,13 @@ def check_same_device(a: torch.Tensor, a_name: str, b: torch.Tensor, b_name: str
             f"{b_name}: expected a tensor on {a.device} (the device of {a_name}), received one "
             f"on {b.device}"
         )
+
+
+def autocast_disabled(device: torch.device) -> contextlib.AbstractContextManager:
+    """``torch.autocast(device.type, enabled=False)``; a no-op for meta tensors (no autocast)."""
+    if device.type == "meta":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, enabled=False)
 
 
 # -- numerics ------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from faceaux._checks import (
+    autocast_disabled,
     check_finite_float,
     check_same_batch,
     check_same_device,
@@ -136,7 +137,7 @@ def sphereface_logits(
     index = torch.where(has_target, labels, 0).long().unsqueeze(1)
     target = cosine.gather(1, index).squeeze(1)
     out_dtype = torch.promote_types(cosine.dtype, norms.dtype)
-    with torch.autocast(device_type=cosine.device.type, enabled=False):
+    with autocast_disabled(cosine.device):
         exact = target.float() if target.dtype in _LOW_PRECISION else target
         psi = sphereface_psi(exact, m)
         if lambda_ > 0:
@@ -322,7 +323,7 @@ def adaface_logits(
     index = torch.where(has_target, labels, 0).long().unsqueeze(1)
     target = cosine.gather(1, index).squeeze(1)
     cosine = cosine.clamp(-1 + eps, 1 - eps)
-    with torch.autocast(device_type=cosine.device.type, enabled=False):
+    with autocast_disabled(cosine.device):
         # the clamp of the target runs in float32 or wider: in bf16, 1 − 1e-3 rounds back to 1,
         # where acos has an infinite slope
         exact = target.float() if target.dtype in _LOW_PRECISION else target

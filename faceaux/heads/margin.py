@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from faceaux._checks import (
+    autocast_disabled,
     check_module_input,
     check_positive_int,
     check_same_batch,
@@ -255,7 +256,7 @@ def margin_logits(
         cosine = cosine.masked_fill(dirty, 0.0)
 
     target = cosine.gather(1, index).squeeze(1)  # (B,)
-    with torch.autocast(device_type=cosine.device.type, enabled=False):
+    with autocast_disabled(cosine.device):
         exact = target.float() if target.dtype in _LOW_PRECISION else target
         if margin_grad == "exact":
             new_target = _target_with_margin(exact, m1, m2, m3, easy_margin)
@@ -360,10 +361,10 @@ def normalized_cosine(embeddings: torch.Tensor, weight: torch.Tensor) -> torch.T
     """
     device_type = embeddings.device.type
     unit = stable_normalize(embeddings, dim=1)  # no overflow for embeddings of norm > 1e19
-    if torch.is_autocast_enabled(device_type):
+    if device_type != "meta" and torch.is_autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)
         unit, weight = unit.to(dtype), weight.to(dtype)
-    with torch.autocast(device_type=device_type, enabled=False):
+    with autocast_disabled(embeddings.device):
         return _CosineToCentres.apply(unit, weight)
 
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from faceaux._checks import (
+    autocast_disabled,
     check_finite,
     check_same_batch,
     check_tensor,
@@ -332,7 +333,7 @@ def _warp(
     align_corners: bool,
 ) -> torch.Tensor:
     """:func:`warp` on validated arguments (``SpatialTransformerAlign`` has checked ``x``)."""
-    with torch.autocast(device_type=x.device.type, enabled=False):
+    with autocast_disabled(x.device):
         return _sample(x, matrix, size, mode, padding_mode, align_corners)
 
 
@@ -450,7 +451,7 @@ def to_pixel_matrix(
     check_tensor(matrix, "matrix", "(B, 3, 3)", sizes=(None, 3, 3), floating=True)
     in_size, out_size = _check_size(in_size, "in_size"), _check_size(out_size, "out_size")
     dtype = _geometry_dtype(matrix)
-    with torch.autocast(device_type=matrix.device.type, enabled=False):
+    with autocast_disabled(matrix.device):
         _, in_denorm = _normalization(in_size, align_corners, dtype, matrix.device)
         out_norm, _ = _normalization(out_size, align_corners, dtype, matrix.device)
         backward = in_denorm @ matrix.to(dtype) @ out_norm  # output pixel -> input pixel
@@ -495,7 +496,7 @@ def from_pixel_matrix(
     check_tensor(pixel_matrix, "pixel_matrix", "(B, 3, 3)", sizes=(None, 3, 3), floating=True)
     in_size, out_size = _check_size(in_size, "in_size"), _check_size(out_size, "out_size")
     dtype, device = _geometry_dtype(pixel_matrix), pixel_matrix.device
-    with torch.autocast(device_type=device.type, enabled=False):
+    with autocast_disabled(device):
         in_norm, _ = _normalization(in_size, align_corners, dtype, device)
         _, out_denorm = _normalization(out_size, align_corners, dtype, device)
         return in_norm @ _inverse(pixel_matrix.to(dtype), "pixel_matrix") @ out_denorm
@@ -554,7 +555,7 @@ def similarity_from_landmarks(src: torch.Tensor, dst: torch.Tensor | None = None
         )
     raise_bad_data([finite_check(src, "src"), finite_check(dst.to(src.device), "dst")])
     dtype = torch.promote_types(torch.promote_types(src.dtype, dst.dtype), torch.float32)
-    with torch.autocast(device_type=src.device.type, enabled=False):
+    with autocast_disabled(src.device):
         return _similarity(src.to(dtype), dst.to(device=src.device, dtype=dtype).expand_as(src))
 
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from faceaux._checks import (
+    autocast_disabled,
     check_finite_float,
     check_same_batch,
     check_tensor,
@@ -97,7 +98,7 @@ def render_heatmaps(
     check_tensor(landmarks, "landmarks", "(B, N, 2)", sizes=(None, None, 2), floating=True)
     height, width = _check_size(size)
     check_finite_float(sigma, "sigma", positive=True)
-    with torch.autocast(device_type=landmarks.device.type, enabled=False):
+    with autocast_disabled(landmarks.device):
         return _render(landmarks, height, width, float(sigma))
 
 

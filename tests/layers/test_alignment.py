@@ -385,3 +385,68 @@ def test_reexports_are_the_same_objects() -> None:
     for name in faceaux.alignment.__all__:
         source = alignment if hasattr(alignment, name) else geometry
         assert getattr(faceaux.alignment, name) is getattr(source, name)
+
+
+# --- robustness (issue 13) ----------------------------------------------------------------------
+
+
+def _buffers(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_stn_nan_pixel_in_training_is_refused_and_statistics_survive() -> None:
+    """One NaN pixel used to turn the localisation BatchNorm statistics NaN for good (all-zero
+    output ever after, in eval too)."""
+    stn = SpatialTransformerAlign("affine", output_size=(16, 16), loc_input_size=(16, 16))
+    stn(torch.rand(4, 3, 20, 20))
+    before = _buffers(stn)
+    x = torch.rand(4, 3, 20, 20)
+    x[2, 1, 5, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"^x: expected finite values, received 1 NaN/inf"):
+        stn(x)
+    for key, value in stn.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    out = stn.eval()(torch.rand(2, 3, 20, 20))
+    assert torch.isfinite(out).all()
+    assert out.abs().sum() > 0
+
+
+def test_stn_empty_batch_leaves_the_statistics_unchanged() -> None:
+    stn = SpatialTransformerAlign("projective", output_size=(8, 8), loc_input_size=(16, 16))
+    before = _buffers(stn)
+    x = torch.rand(0, 3, 20, 20, requires_grad=True)
+    aligned, matrix = stn(x, return_matrix=True)
+    assert aligned.shape == (0, 3, 8, 8)
+    assert matrix.shape == (0, 3, 3)
+    aligned.sum().backward()
+    for key, value in stn.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_stn_half_input_outside_autocast_is_a_clear_error() -> None:
+    stn = SpatialTransformerAlign("similarity", output_size=(8, 8), loc_input_size=(16, 16))
+    x = torch.rand(2, 3, 16, 16)
+    with pytest.raises(ValueError, match=r"^x: expected dtype torch.float32 .*autocast"):
+        stn(x.bfloat16())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, matrix = stn(x.bfloat16(), return_matrix=True)
+    assert out.dtype == torch.bfloat16
+    assert matrix.dtype == torch.float32
+    assert torch.isfinite(out.float()).all()
+    identity = SpatialTransformerAlign("identity", output_size=(8, 8))  # no parameters
+    assert identity(x.half()).dtype == torch.float16
+
+
+def test_theta_regularization_empty_batch_and_non_finite_matrices() -> None:
+    matrix = torch.zeros(0, 3, 3, requires_grad=True)
+    for reduction in ("mean", "sum"):
+        loss = theta_regularization(matrix, reduction)
+        assert loss.item() == 0.0  # "mean" was NaN
+        loss.backward()
+    assert theta_regularization(matrix, "none").shape == (0,)
+    bad = torch.eye(3).repeat(2, 1, 1)
+    bad[1, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"^matrix: expected finite values"):
+        theta_regularization(bad)
+    with pytest.raises(ValueError, match=r"^lr: expected a positive learning rate"):
+        param_groups(SpatialTransformerAlign(output_size=(8, 8)), lr=float("inf"))

@@ -259,3 +259,104 @@ def test_compiles() -> None:
 def test_bad_input_names_the_argument(call, argument: str) -> None:
     with pytest.raises(ValueError, match=rf"^{argument}: expected"):
         call()
+
+
+# --- robustness (issue 13) ----------------------------------------------------------------------
+
+
+def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_attribute_head_single_sample_in_training_names_the_module_and_the_cause():
+    head = AttributeHead(8, 3, hidden_features=4)
+    with pytest.raises(ValueError, match=r"^embedding: AttributeHead in training mode needs"):
+        head(torch.randn(1, 8))
+    assert head.eval()(torch.randn(1, 8)).shape == (1, 3)
+
+
+def test_attribute_head_bad_batches_leave_the_statistics_unchanged():
+    head = AttributeHead(8, 3, hidden_features=4)
+    head(torch.randn(4, 8))
+    before = _state(head)
+    bad = torch.randn(4, 8)
+    bad[0, 0] = math.nan
+    with pytest.raises(ValueError, match=r"^embedding: expected finite values"):
+        head(bad)
+    empty = torch.randn(0, 8, requires_grad=True)
+    out = head(empty)
+    assert out.shape == (0, 3)
+    out.sum().backward()
+    for key, value in head.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_multitask_loss_with_every_label_ignored_is_zero_and_back_propagates():
+    logits = torch.randn(4, 10, requires_grad=True)
+    pred = torch.randn(4, 7, requires_grad=True)
+    loss = MultiTaskLoss()(logits, torch.full((4,), -100), pred, torch.full((4, 7), math.nan))
+    loss.backward()
+    assert loss.item() == 0.0  # was NaN
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+    empty = MultiTaskLoss()(
+        torch.randn(0, 10), torch.zeros(0, dtype=torch.long), torch.randn(0, 7), torch.ones(0, 7)
+    )
+    assert empty.item() == 0.0
+
+
+def test_multitask_loss_partially_ignored_labels_average_over_the_labelled_rows():
+    logits, labels = torch.randn(4, 10), torch.tensor([1, -100, 3, -100])
+    loss = MultiTaskLoss(lambda_attr=0.0)(logits, labels, torch.zeros(4, 7), torch.zeros(4, 7))
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits, labels))
+
+
+@pytest.mark.parametrize(
+    ("labels", "pattern"),
+    [
+        (
+            torch.tensor([0, 10, 1]),
+            r"^identity_labels: expected class indices in \[0, 10\) or -100",
+        ),
+        (torch.tensor([0, -2, 1]), r"^identity_labels: expected class indices"),
+        (torch.tensor([0.0, 1.0, 2.0]), r"^identity_labels: expected an integer tensor"),
+        (torch.tensor([True, False, True]), r"^identity_labels: expected an integer tensor"),
+    ],
+)
+def test_multitask_loss_rejects_bad_identity_labels(labels, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        MultiTaskLoss()(torch.randn(3, 10), labels, torch.randn(3, 7), torch.ones(3, 7))
+
+
+def test_attribute_losses_reject_non_finite_predictions_and_infinite_targets():
+    pred, target = torch.randn(2, 3), torch.ones(2, 3)
+    pred[0, 0] = math.nan
+    with pytest.raises(ValueError, match=r"^pred: expected finite values"):
+        attribute_loss(pred, target)
+    target[1, 1] = math.inf
+    with pytest.raises(ValueError, match=r"^target: expected finite labels or NaN"):
+        attribute_loss(torch.randn(2, 3), target)
+    with pytest.raises(ValueError, match=r"^attribute_pred: expected finite values"):
+        MultiTaskLoss()(torch.randn(2, 5), torch.tensor([0, 1]), pred, torch.ones(2, 3))
+
+
+def test_majority_vote_continuous_labels_are_not_quadratic():
+    """Continuous labels once counted every value for every (identity, attribute) cell:
+    20,000 × 7 labels tried to allocate 78 GB. Now only the occurring triples are counted."""
+    labels = torch.rand(20_000, 7, generator=torch.Generator().manual_seed(0))
+    identities = torch.randint(0, 2_000, (20_000,), generator=torch.Generator().manual_seed(1))
+    labels[identities == 0] = 0.5  # identity 0 agrees on every attribute
+    out = majority_vote(labels, identities)
+    assert (out[identities == 0] == 0.5).all()
+    # every other cell's values are distinct: the tie goes to the smallest value
+    some = identities == 7
+    assert torch.equal(out[some], labels[some].amin(dim=0, keepdim=True).expand_as(out[some]))
+
+
+def test_majority_vote_bool_and_continuous_against_the_reference():
+    labels = torch.tensor([[0.25, 0.5], [0.25, 0.75], [0.75, 0.75], [0.5, math.nan]])
+    identities = [3, 3, 3, 8]
+    expected = reference_vote(labels.tolist(), identities)
+    got = majority_vote(labels, torch.tensor(identities))
+    torch.testing.assert_close(got, torch.tensor(expected), equal_nan=True)
+    flags = torch.tensor([[True], [False], [False]])
+    assert majority_vote(flags, torch.tensor([1, 1, 1])).tolist() == [[False]] * 3

@@ -503,3 +503,93 @@ def test_landmark_alignment_puts_landmarks_on_the_template() -> None:
     ys = (weights * torch.arange(112, dtype=torch.float64)[:, None]).sum(dim=(-2, -1))
     xs = (weights * torch.arange(112, dtype=torch.float64)[None, :]).sum(dim=(-2, -1))
     torch.testing.assert_close(torch.stack([xs, ys], dim=-1), template, atol=0.05, rtol=0)
+
+
+# --- robustness (issue 13): low precision, degenerate landmarks and matrices, bad data ---------
+
+
+def _landmarks_to_aligned(landmarks: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    pixel = similarity_from_landmarks(landmarks)
+    return warp(image, from_pixel_matrix(pixel, tuple(image.shape[-2:]), (24, 24)), (24, 24))
+
+
+@pytest.mark.dtypes("float16", "bfloat16")
+def test_pixel_matrices_stay_float32_under_autocast(dtype: torch.dtype) -> None:
+    """Under autocast the matrix products would run in half precision: they must not."""
+    image = smooth_shapes(2, 3, 40, 36, seed=11)
+    landmarks = ARCFACE_TEMPLATE_112[None].repeat(2, 1, 1) * 0.3 + torch.rand(2, 5, 2)
+    reference = _landmarks_to_aligned(landmarks, image)
+    landmarks = landmarks.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=dtype):
+        pixel = similarity_from_landmarks(landmarks)
+        matrix = from_pixel_matrix(pixel, (40, 36), (24, 24))
+        back = to_pixel_matrix(matrix, (40, 36), (24, 24))
+        aligned = warp(image, matrix, (24, 24))
+    assert pixel.dtype == matrix.dtype == back.dtype == aligned.dtype == torch.float32
+    torch.testing.assert_close(aligned, reference, atol=1e-5, rtol=0)  # was off by up to 0.95
+    aligned.sum().backward()
+    assert torch.isfinite(landmarks.grad).all()  # was NaN with fp16
+
+
+@pytest.mark.dtypes("float16", "bfloat16")
+def test_pixel_matrices_accept_half_precision_input(dtype: torch.dtype) -> None:
+    matrix = batch_matrices("projective", torch.float32).to(dtype)
+    pixel = to_pixel_matrix(matrix, (20, 16), (12, 12))
+    assert pixel.dtype == torch.float32
+    torch.testing.assert_close(pixel, to_pixel_matrix(matrix.float(), (20, 16), (12, 12)))
+    back = from_pixel_matrix(pixel.to(dtype), (20, 16), (12, 12))
+    assert back.dtype == torch.float32
+    landmarks = similarity_from_landmarks(ARCFACE_TEMPLATE_112[None].to(dtype))
+    assert landmarks.dtype == torch.float32
+
+
+@pytest.mark.parametrize("points", ["coincident", "all_zero", "nearly_coincident"])
+def test_similarity_from_coincident_landmarks_has_finite_gradients(points: str) -> None:
+    src = {
+        "coincident": torch.full((2, 5, 2), 37.5),
+        "all_zero": torch.zeros(2, 5, 2),
+        "nearly_coincident": 37.5 + 1e-6 * torch.rand(2, 5, 2, generator=torch.Generator()),
+    }[points].requires_grad_(True)
+    matrix = similarity_from_landmarks(src)
+    matrix.square().sum().backward()
+    assert torch.isfinite(matrix).all()
+    assert torch.isfinite(src.grad).all()  # was NaN
+    assert matrix[:, :2, :2].abs().max() == 0  # a = b = 0: a singular matrix, as documented
+    with pytest.raises(ValueError, match=r"pixel_matrix: expected invertible .* singular"):
+        from_pixel_matrix(matrix.detach(), (112, 112), (112, 112))
+
+
+def test_params_from_matrix_refuses_degenerate_matrices() -> None:
+    matrix = torch.eye(3).repeat(3, 1, 1)
+    matrix[1, 2, 2] = 0.0  # θ33 = 0: no θ33 = 1 form
+    with pytest.raises(ValueError, match=r"^matrix: expected θ33 ≠ 0 .* received 1 matrices"):
+        params_from_matrix(matrix, "projective")
+    params_from_matrix(matrix, "affine")  # θ33 plays no part there
+    matrix[1, 2, 2] = math.nan
+    for kind in TRANSFORM_PARAMETERS:
+        with pytest.raises(ValueError, match=r"^matrix: expected finite values"):
+            params_from_matrix(matrix, kind)
+
+
+def test_non_finite_images_and_matrices_are_refused_by_name() -> None:
+    x = torch.rand(1, 1, 4, 4)
+    x[0, 0, 1, 1] = math.nan
+    with pytest.raises(ValueError, match=r"^x: expected finite values, received 1 NaN/inf"):
+        warp(x, torch.eye(3)[None])
+    bad = torch.eye(3)[None].clone()
+    bad[0, 0, 1] = math.inf
+    with pytest.raises(ValueError, match=r"^matrix: expected finite values"):
+        to_pixel_matrix(bad, (4, 4), (4, 4))
+    with pytest.raises(ValueError, match=r"^pixel_matrix: expected finite values"):
+        from_pixel_matrix(bad, (4, 4), (4, 4))
+    with pytest.raises(ValueError, match=r"^src: expected finite values"):
+        similarity_from_landmarks(torch.full((1, 5, 2), math.nan))
+
+
+def test_geometry_on_meta_tensors_gives_shapes_only() -> None:
+    """Shape-only use (e.g. tracing a model's sizes): no data is read, shapes come out right."""
+    matrix = torch.empty(2, 3, 3, device="meta")
+    assert warp(torch.empty(2, 3, 8, 8, device="meta"), matrix, (4, 5)).shape == (2, 3, 4, 5)
+    assert to_pixel_matrix(matrix, (8, 8), (4, 4)).shape == (2, 3, 3)
+    assert params_from_matrix(matrix, "projective").shape == (2, 8)
+    assert similarity_from_landmarks(torch.empty(2, 5, 2, device="meta")).shape == (2, 3, 3)

@@ -247,3 +247,68 @@ def test_compiles() -> None:
 def test_bad_input_names_the_argument(make, argument: str) -> None:
     with pytest.raises(ValueError, match=rf"^{argument}: expected"):
         make()
+
+
+# --- robustness (issue 13) ----------------------------------------------------------------------
+
+
+def _state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def _assert_same_state(module: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    for key, value in module.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_gnap_single_sample_in_training_names_the_module_and_the_cause():
+    gnap = GNAP(8)
+    with pytest.raises(ValueError, match=r"^features: GNAP in training mode needs a batch of at"):
+        gnap(torch.randn(1, 8, 3, 3))
+    assert gnap.eval()(torch.randn(1, 8, 3, 3)).shape == (1, 8)  # eval: running statistics
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_gnap_refuses_non_finite_features_and_keeps_its_statistics(bad):
+    gnap = GNAP(8, out_features=4)
+    gnap(torch.randn(4, 8, 3, 3))
+    before = _state(gnap)
+    features = torch.randn(4, 8, 3, 3)
+    features[2, 1, 0, 0] = bad
+    with pytest.raises(ValueError, match=r"^features: expected finite values, received 1 "):
+        gnap(features)
+    _assert_same_state(gnap, before)
+
+
+def test_gnap_empty_batch_is_an_empty_embedding_and_leaves_the_statistics():
+    for gnap in (GNAP(8), GNAP(8, out_features=4)):
+        before = _state(gnap)
+        features = torch.randn(0, 8, 3, 3, requires_grad=True)
+        out = gnap(features)
+        assert out.shape == (0, gnap.out_features)
+        out.sum().backward()
+        _assert_same_state(gnap, before)
+
+
+def test_gnap_half_input_outside_autocast_is_a_clear_error():
+    gnap = GNAP(8, out_features=4)
+    with pytest.raises(ValueError, match=r"^features: expected dtype torch.float32 .*autocast"):
+        gnap(torch.randn(2, 8, 3, 3).bfloat16())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.isfinite(gnap(torch.randn(2, 8, 3, 3).bfloat16())).all()
+
+
+def test_norm_aware_reweight_does_not_overflow():
+    """Local norms of 1e20-sized features square to inf in float32: computed scaled instead."""
+    x = torch.randn(2, 16, 3, 3)
+    big = (x * 1e20).requires_grad_(True)
+    out = norm_aware_reweight(big)
+    torch.testing.assert_close(out / 1e20, norm_aware_reweight(x))
+    out.sum().backward()
+    assert torch.isfinite(big.grad).all()
+
+
+@pytest.mark.parametrize("eps", [math.nan, math.inf, 0.0, True])
+def test_norm_aware_reweight_rejects_bad_eps(eps):
+    with pytest.raises(ValueError, match=r"^eps: expected a positive float"):
+        norm_aware_reweight(torch.randn(1, 2, 2, 2), eps=eps)

@@ -215,3 +215,75 @@ def test_stacker_compiles() -> None:
     assert_compiles(
         HeatmapStacker(landmarks=(0, 1, 2)), (torch.randn(1, 3, 8, 8), torch.rand(1, 5, 4, 4))
     )
+
+
+# --- robustness (issue 13) ----------------------------------------------------------------------
+
+
+def test_stacker_all_zero_and_tiny_heatmaps_have_bounded_gradients():
+    """Dividing by a peak clamped to the smallest float gave ~1e38 per entry and inf sums."""
+    x = torch.rand(2, 3, 16, 16)
+    heatmaps = torch.zeros(2, 68, 8, 8)
+    heatmaps[1, :, 3, 3] = 1e-30  # a landmark "present" at 1e-30: no better than absent
+    heatmaps.requires_grad_(True)
+    out = HeatmapStacker()(x, heatmaps)
+    assert out[:, 3:].abs().max() < 1e-20  # zero maps stay zero, tiny maps stay tiny
+    out.sum().backward()
+    assert torch.isfinite(heatmaps.grad).all()
+    # 1 / the 1e-6 peak floor, times the 4 output pixels each input pixel feeds (8 → 16)
+    assert heatmaps.grad.abs().max() <= 4e6
+
+
+def test_stacker_normal_maps_still_peak_at_one():
+    maps = render_heatmaps(torch.rand(2, 68, 2) * 7, (8, 8)) * 0.3
+    out = HeatmapStacker(landmarks=None)(torch.rand(2, 3, 8, 8), maps)
+    torch.testing.assert_close(out[:, 3:].amax(dim=(-2, -1)), torch.ones(2, 68))
+
+
+@pytest.mark.parametrize("sigma", [math.nan, math.inf, 0.0, -1.0])
+def test_render_heatmaps_rejects_bad_sigma(sigma):
+    with pytest.raises(ValueError, match=r"^sigma: expected a finite number > 0"):
+        render_heatmaps(torch.rand(1, 2, 2), (4, 4), sigma=sigma)
+
+
+@pytest.mark.parametrize("size", [(4.5, 4), (0, 4), (4,), "44"])
+def test_render_heatmaps_rejects_bad_size(size):
+    with pytest.raises(ValueError, match=r"^size: expected \(H, W\), two positive ints"):
+        render_heatmaps(torch.rand(1, 2, 2), size)
+
+
+@pytest.mark.parametrize("beta", [math.nan, math.inf, 0.0])
+def test_soft_argmax_rejects_bad_beta(beta):
+    with pytest.raises(ValueError, match=r"^beta: expected a finite number > 0"):
+        heatmaps_to_landmarks(torch.rand(1, 2, 4, 4), method="soft", beta=beta)
+
+
+def test_non_finite_heatmaps_and_images_are_refused_by_name():
+    maps = torch.rand(1, 68, 4, 4)
+    maps[0, 5, 1, 1] = math.nan
+    with pytest.raises(ValueError, match=r"^heatmaps: expected finite values"):
+        heatmaps_to_landmarks(maps)
+    with pytest.raises(ValueError, match=r"^heatmaps: expected finite values"):
+        HeatmapStacker()(torch.rand(1, 3, 4, 4), maps)
+    image = torch.rand(1, 3, 4, 4)
+    image[0, 0, 0, 0] = math.inf
+    with pytest.raises(ValueError, match=r"^x: expected finite values"):
+        HeatmapStacker()(image, torch.rand(1, 68, 4, 4))
+
+
+def test_stacker_arguments_are_validated():
+    with pytest.raises(ValueError, match=r"^mode: expected one of"):
+        HeatmapStacker(mode="cubic")
+    with pytest.raises(ValueError, match=r"^landmarks: expected a non-empty sequence"):
+        HeatmapStacker(landmarks=[1, 2.5])
+    with pytest.raises(ValueError, match=r"^size: expected \(H, W\)"):
+        HeatmapStacker(size=(0, 3))
+    assert HeatmapStacker(landmarks=range(3)).landmarks == (0, 1, 2)
+
+
+def test_rendering_under_autocast_stays_in_the_landmarks_dtype():
+    landmarks = torch.rand(2, 5, 2) * 15
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        maps = render_heatmaps(landmarks, (16, 16))
+    assert maps.dtype == torch.float32
+    torch.testing.assert_close(maps, render_heatmaps(landmarks, (16, 16)))

@@ -298,3 +298,58 @@ def test_correlation_compiles() -> None:
 def test_correlation_bad_input_names_the_argument(call, argument: str) -> None:
     with pytest.raises(ValueError, match=rf"^{argument}: expected"):
         call()
+
+
+# --- robustness (issue 13) ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flatten", [True, False])
+def test_structure_correlation_empty_batch(flatten):
+    parts = torch.randn(0, 6, 16, requires_grad=True)
+    out = structure_correlation(parts, flatten=flatten)
+    assert out.shape == ((0, 6 * 26) if flatten else (0, 6, 26))
+    assert StructureCorrelation(flatten=flatten)(parts).shape == out.shape
+    out.sum().backward()
+
+
+def test_structure_correlation_does_not_overflow():
+    parts = torch.randn(2, 4, 8)
+    big = (parts * 1e20).requires_grad_(True)
+    out = structure_correlation(big, flatten=False)
+    expected = structure_correlation(parts, flatten=False)
+    torch.testing.assert_close(out[..., :8] / 1e20, expected[..., :8])
+    torch.testing.assert_close(out[..., 8::2] / 1e20, expected[..., 8::2])  # distances scale
+    torch.testing.assert_close(out[..., 9::2], expected[..., 9::2])  # cosines do not
+    out.sum().backward()
+    assert torch.isfinite(big.grad).all()
+
+
+def test_non_finite_parts_features_and_masks_are_refused_by_name():
+    parts = torch.randn(2, 4, 8)
+    parts[1, 2, 3] = math.nan
+    with pytest.raises(ValueError, match=r"^parts: expected finite values"):
+        structure_correlation(parts)
+    features, masks = torch.randn(2, 4, 5, 5), torch.rand(2, 3, 5, 5)
+    features[0, 0, 0, 0] = math.inf
+    with pytest.raises(ValueError, match=r"^features: expected finite values"):
+        part_mask_pooling(features, masks)
+    masks[1, 1, 1, 1] = math.nan
+    with pytest.raises(ValueError, match=r"^masks: expected finite values"):
+        part_mask_pooling(torch.randn(2, 4, 5, 5), masks, mask_activation="softmax")
+
+
+def test_part_mask_pooling_empty_batch_and_bad_eps():
+    out = part_mask_pooling(torch.randn(0, 4, 5, 5), torch.rand(0, 3, 10, 10))
+    assert out.shape == (0, 3, 4)
+    for eps in (math.nan, 0.0, -1.0):
+        with pytest.raises(ValueError, match=r"^eps: expected a positive float"):
+            part_mask_pooling(torch.randn(1, 4, 5, 5), torch.rand(1, 3, 5, 5), eps=eps)
+        with pytest.raises(ValueError, match=r"^eps: expected a positive float"):
+            StructureCorrelation(eps=eps)
+
+
+def test_parts_on_meta_tensors_give_shapes_only():
+    features = torch.empty(2, 16, 7, 7, device="meta")
+    masks = torch.empty(2, 11, 28, 28, device="meta")
+    assert part_mask_pooling(features, masks, parts=[1, 2, 3]).shape == (2, 3, 16)
+    assert structure_correlation(torch.empty(2, 3, 16, device="meta")).shape == (2, 3 * 20)
