@@ -101,24 +101,23 @@ class Ellipsoid:
 
     def __init__(self, centre: torch.Tensor, axes: torch.Tensor, tilt: torch.Tensor | None = None):
         self.centre, self.axes, self.tilt = centre, axes, tilt
+        self._inverse = [(1 / axes[:, i : i + 1]) for i in range(3)]  # (B, 1) each
+        self._c = [centre[:, i : i + 1] for i in range(3)]
+        if tilt is not None:
+            self._cos, self._sin = tilt.cos()[:, None], tilt.sin()[:, None]
+
+    def _rotate_in(self, x, y, z):
+        """Head-frame vectors into the ellipsoid's (untilted) frame."""
+        if self.tilt is None:
+            return x, y, z
+        return x, self._cos * y + self._sin * z, self._cos * z - self._sin * y
 
     def _local(self, x, y, z):
         """Head coordinates (each ``(B, K)`` or ``(B, 1)``) to the ellipsoid's unit-sphere frame."""
-        c = self.centre
-        x, y, z = x - c[:, 0:1], y - c[:, 1:2], z - c[:, 2:3]
-        if self.tilt is not None:
-            cos, sin = self.tilt.cos()[:, None], self.tilt.sin()[:, None]
-            y, z = cos * y + sin * z, cos * z - sin * y
-        a = self.axes
-        return x / a[:, 0:1], y / a[:, 1:2], z / a[:, 2:3]
-
-    def _local_direction(self, d):
-        dx, dy, dz = d[:, 0:1], d[:, 1:2], d[:, 2:3]
-        if self.tilt is not None:
-            cos, sin = self.tilt.cos()[:, None], self.tilt.sin()[:, None]
-            dy, dz = cos * dy + sin * dz, cos * dz - sin * dy
-        a = self.axes
-        return dx / a[:, 0:1], dy / a[:, 1:2], dz / a[:, 2:3]
+        c = self._c
+        x, y, z = self._rotate_in(x - c[0], y - c[1], z - c[2])
+        inv = self._inverse
+        return x * inv[0], y * inv[1], z * inv[2]
 
     def intersect(self, origin, direction):
         """Ray ``origin + t * direction`` against the ellipsoid.
@@ -133,23 +132,25 @@ class Ellipsoid:
             unit-sphere units (< 1 for a hit).
         """
         ox, oy, oz = self._local(*origin)
-        dx, dy, dz = self._local_direction(direction)
+        inv = self._inverse
+        dx, dy, dz = self._rotate_in(direction[:, 0:1], direction[:, 1:2], direction[:, 2:3])
+        dx, dy, dz = dx * inv[0], dy * inv[1], dz * inv[2]  # (B, 1) each
         a = dx * dx + dy * dy + dz * dz
+        inv_a = 1 / a
         b = ox * dx + oy * dy + oz * dz
         c = ox * ox + oy * oy + oz * oz - 1
         disc = b * b - a * c
         root = disc.clamp(min=0).sqrt()
-        radius = (1 - disc / a).clamp(min=0).sqrt()
-        return (-b - root) / a, (-b + root) / a, radius
+        radius = (1 - disc * inv_a).clamp(min=0).sqrt()
+        return (b + root) * -inv_a, (root - b) * inv_a, radius
 
     def normal(self, x, y, z):
         """Outward unit normal (three ``(B, K)`` tensors in head coordinates) at points."""
         ux, uy, uz = self._local(x, y, z)
-        a = self.axes
-        nx, ny, nz = ux / a[:, 0:1], uy / a[:, 1:2], uz / a[:, 2:3]
+        inv = self._inverse
+        nx, ny, nz = ux * inv[0], uy * inv[1], uz * inv[2]
         if self.tilt is not None:
-            cos, sin = self.tilt.cos()[:, None], self.tilt.sin()[:, None]
-            ny, nz = cos * ny - sin * nz, cos * nz + sin * ny
+            ny, nz = self._cos * ny - self._sin * nz, self._cos * nz + self._sin * ny
         norm = (nx * nx + ny * ny + nz * nz).clamp(min=1e-12).rsqrt()
         return nx * norm, ny * norm, nz * norm
 
