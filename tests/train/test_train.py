@@ -254,3 +254,9 @@ def test_two_processes_resume_exactly_and_on_one_process(packed, tmp_path):
                          weights_only=True)  # fmt: skip
     assert c_state["partial_fc"]["weight"].shape == (20, 32)
     assert c_state["partial_fc"]["_extra_state"]["world_size"] == 1
+
+
+def test_docs_page_documents_every_key():
+    page = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text()
+    for key in TrainConfig().to_dict():
+        assert f"| `{key}` |" in page, key
