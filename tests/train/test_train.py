@@ -260,3 +260,39 @@ def test_docs_page_documents_every_key():
     page = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text()
     for key in TrainConfig().to_dict():
         assert f"| `{key}` |" in page, key
+
+
+def test_verification_sets_are_logged(packed, tmp_path):
+    from eval.ijb_miniature import make_verification_bin
+
+    bin_path = make_verification_bin(tmp_path / "tiny.bin")
+    config = tiny_config(packed, tmp_path, steps=2, val=[str(bin_path)], val_every=2)
+    train(config)
+    lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    (val,) = [line for line in lines if "val" in line]
+    assert val["step"] == 2
+    assert 0.0 <= val["val"]["tiny"]["accuracy"] <= 1.0
+
+
+def test_a_corrupt_record_on_one_rank_stops_every_rank(packed, tmp_path):
+    import shutil
+
+    from faceaux.data import RecordFaces
+
+    prefix = tmp_path / "train"
+    for suffix in (".rec", ".idx"):
+        shutil.copy(f"{packed}{suffix}", f"{prefix}{suffix}")
+    data = RecordFaces(prefix, decoder="pillow")
+    sampler = StepBatchSampler(len(data), 16, 1, 2, 1, 0, True, 0, 1)  # rank 1's first batch
+    victim = next(iter(sampler))[0][0]
+    raw = bytearray(Path(f"{prefix}.rec").read_bytes())
+    raw[int(data.offsets[victim])] ^= 0xFF  # rank 1's first record loses its magic
+    Path(f"{prefix}.rec").write_bytes(bytes(raw))
+    config = tiny_config(prefix, tmp_path / "run", dist_timeout=60)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+    command += ["-m", "faceaux", "train", *as_flags(config)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode != 0
+    assert f"sample {victim} (key {victim + 1}" in done.stderr  # rank 1's own error
+    assert "reading the data at step 1 failed on rank 1" in done.stderr  # rank 0 did not hang
