@@ -3,7 +3,8 @@
 The one place in faceaux where forward hooks are used. Given the names of a network's stage
 modules, the adapter
 
-- finds each stage's channels and reduction with one dry run (eval mode, no gradients);
+- finds each stage's channels and reduction (the nominal stride: the power of two nearest to
+  input / output size) with one dry run (eval mode, no gradients);
 - registers a forward hook on every stage module and on every direct child (block) of it, once;
   during :meth:`BackboneAdapter.forward_stages` the hooks pass each output through the caller's
   ``tap(name, feature)`` (which may change it) and record the last stage's output, then stop the
@@ -22,6 +23,7 @@ network still runs on its own exactly as before.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 
@@ -191,7 +193,7 @@ class BackboneAdapter(nn.Module):
             {
                 "module": name,
                 "num_chs": shape[0],
-                "reduction": max(1, round(self.input_size[0] / shape[1])),
+                "reduction": 2 ** max(0, round(math.log2(self.input_size[0] / shape[1]))),
                 "blocks": block_names,
             }
             for name, shape, block_names in zip(stage_names, shapes, blocks, strict=True)
