@@ -37,3 +37,21 @@ def test_bad_root(tmp_path):
         ImageFolderFaces(tmp_path / "missing")
     with pytest.raises(ValueError, match="no images"):
         ImageFolderFaces(tmp_path)
+
+
+def test_undecodable_file_and_bad_arguments_are_named(tmp_path):
+    (tmp_path / "ann").mkdir()
+    PIL.new("RGB", (4, 4)).save(tmp_path / "ann" / "0.png")
+    (tmp_path / "ann" / "1.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    data = ImageFolderFaces(tmp_path)
+    assert data[0]["image"].shape == (3, 4, 4)
+    with pytest.raises(ValueError, match=r"1\.jpg: not a decodable image"):
+        data[1]
+    with pytest.raises(ValueError, match=r"^size: expected \(H, W\), two positive ints"):
+        ImageFolderFaces(tmp_path, size=(0, 4))
+    with pytest.raises(ValueError, match=r"^size: expected"):
+        ImageFolderFaces(tmp_path, size=(4.5, 4))
+    with pytest.raises(ValueError, match=r"^min_images: expected a positive int"):
+        ImageFolderFaces(tmp_path, min_images=0)
+    with pytest.raises(ValueError, match=r"^root: expected a path"):
+        ImageFolderFaces(123)

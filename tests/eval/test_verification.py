@@ -149,3 +149,62 @@ def test_pair_scores():
     pairs = torch.tensor([[0, 1], [2, 2], [3, 4]])
     ref = torch.stack([e[a] @ e[b] for a, b in pairs.tolist()])
     torch.testing.assert_close(pair_scores(e, pairs), ref)
+
+
+# --- robustness (issue 13) ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("scores", "issame", "pattern"),
+    [
+        ([], [], r"^scores: expected at least one pair \(N ≥ 1\), received N = 0"),
+        ([0.1, 0.9], ["False", "True"], r"^issame: expected booleans \(or 0/1\) per pair"),
+        ([0.1, 0.9], [0, 2], r"^issame: expected booleans \(or 0/1\) per pair"),
+        ([0.1, 0.9], [0.0, 1.0], r"^issame: expected booleans"),
+        (["a", "b"], [False, True], r"^scores: expected real numbers per pair"),
+        ([0.1, math.nan], [False, True], r"^scores: expected finite values"),
+    ],
+)
+def test_bad_pairs_raise_value_error_naming_the_argument(scores, issame, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        verification_metrics(scores, issame, n_folds=2)
+    with pytest.raises(ValueError, match=pattern):
+        roc_curve(scores, issame)
+
+
+def test_low_precision_scores_are_accepted():
+    rng = np.random.default_rng(0)
+    issame = rng.random(200) < 0.5
+    scores = torch.from_numpy(rng.random(200) + issame).bfloat16()
+    got = verification_metrics(scores, torch.from_numpy(issame))
+    expected = verification_metrics(scores.double().numpy(), issame)
+    assert got["accuracy"] == expected["accuracy"]
+    assert got["auc"] == expected["auc"]
+    assert verification_metrics(scores.half(), issame.astype(int))["auc"] > 0.5
+
+
+def test_n_folds_must_be_an_int():
+    for n_folds in (2.5, True, 1):
+        with pytest.raises(ValueError, match=r"^n_folds: expected an int"):
+            verification_metrics([0.1, 0.2, 0.8, 0.9], [False, False, True, True], n_folds)
+
+
+def test_pair_scores_checks_indices_and_values():
+    embeddings = torch.eye(3)
+    with pytest.raises(ValueError, match=r"^pairs: expected row indices in \[0, 3\)"):
+        pair_scores(embeddings, torch.tensor([[0, 3]]))
+    with pytest.raises(ValueError, match=r"^pairs: expected integer row indices"):
+        pair_scores(embeddings, torch.tensor([[0.0, 1.0]]))
+    with pytest.raises(ValueError, match=r"^embeddings: expected finite values"):
+        pair_scores(torch.full((2, 2), math.nan), torch.tensor([[0, 1]]))
+
+
+def test_extract_embeddings_names_a_model_with_bad_output():
+    batches = [torch.rand(2, 3, 4, 4)]
+    with pytest.raises(ValueError, match=r"^model: expected floating embeddings \(B, D\)"):
+        extract_embeddings(torch.nn.Flatten(0), batches, progress=False)
+    nan_model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 4))
+    with torch.no_grad():
+        nan_model[1].bias.fill_(math.nan)
+    with pytest.raises(ValueError, match=r"^model: expected finite values"):
+        extract_embeddings(nan_model, batches, progress=False)
