@@ -35,9 +35,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = [
-    "BASELINES",
     "DEFAULT_MODELS",
     "add_parser",
+    "baseline_of",
     "benchmark_models",
     "count_flops",
     "count_parameters",
@@ -62,22 +62,12 @@ DEFAULT_MODELS: tuple[str, ...] = (
     "mtl_attr_full",
 )
 
-#: Model → the plain backbone its overhead is measured against.
-BASELINES: dict[str, str] = {
-    "iresnet18_gnap": "iresnet18",
-    "lresnet18e": "iresnet18",
-    "fanface_iresnet34": "iresnet34",
-    "stnface_iresnet34": "iresnet34",
-    "fanface_iresnet50": "iresnet50",
-    "fsenet_iresnet50": "iresnet50",
-    "mobilefacenet_gnap": "mobilefacenet",
-    "mtl_attr_full": "mtl_attr_fast",
-}
 
-_INPUT_SIZES: dict[str, tuple[int, int]] = {
-    "mtl_attr_full": (112, 96),
-    "mtl_attr_fast": (112, 96),
-}
+def baseline_of(name: str) -> str | None:
+    """The plain backbone ``name``'s overhead is measured against (the registry's ``baseline``)."""
+    from faceaux.models.registry import get_model_cfg
+
+    return get_model_cfg(name)["baseline"]
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -135,7 +125,9 @@ class _Case:
     def __init__(self, name: str, device: torch.device, batch: int) -> None:
         self.name = name
         self.model = _build(name, device)
-        size = _INPUT_SIZES.get(name, (112, 112))
+        from faceaux.models.registry import get_model_cfg
+
+        size = get_model_cfg(name)["input_size"][1:]
         generator = torch.Generator().manual_seed(0)
         self.images = (torch.rand(batch, 3, *size, generator=generator) * 2 - 1).to(device)
         self.flops = count_flops(self.model, self.images[:1])
@@ -178,14 +170,14 @@ def benchmark_models(
     and forward+backward (train) latency of a batch. The timed runs are **interleaved**: each
     of the ``repeats`` rounds times every model once, so load from other processes during the
     run spreads over all models alike instead of skewing one of them. Each model with a
-    baseline in :data:`BASELINES` gets ``baseline`` and the ratios ``params_ratio``
-    (trainable), ``flops_ratio``, ``forward_ratio``, ``forward_backward_ratio`` = model /
-    baseline, all from this run.
+    baseline (:func:`baseline_of`, the registry's ``baseline``) gets ``baseline`` and the ratios
+    ``params_ratio`` (trainable), ``flops_ratio``, ``forward_ratio``, ``forward_backward_ratio``
+    = model / baseline, all from this run.
     """
     device = torch.device(device)
     ordered: list[str] = []
     for name in names:
-        baseline = BASELINES.get(name)
+        baseline = baseline_of(name)
         if baseline is not None and baseline not in ordered:
             ordered.append(baseline)
         if name not in ordered:
@@ -206,7 +198,7 @@ def benchmark_models(
             case.forward_backward_s.append(time_call(case.forward_backward, device, 1, 0))
     rows = {case.name: case.row(batch) for case in cases}
     for name, row in rows.items():
-        baseline = BASELINES.get(name)
+        baseline = baseline_of(name)
         if baseline is None or baseline not in rows:
             continue
         base = rows[baseline]
