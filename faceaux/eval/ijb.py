@@ -482,15 +482,18 @@ def evaluate_ijb(
     if use_detector_score:
         features *= meta["face_scores"][:, None]
     templates, pooled = template_features(features, meta["templates"], meta["medias"])
-    row = {int(t): i for i, t in enumerate(templates.tolist())}
     pairs = meta["pairs"]
-    missing = sorted({int(t) for t in np.unique(pairs)} - set(row))
-    if missing:
-        raise ValueError(
-            f"root: template pairs name templates without images in the face/tid/mid file: "
-            f"{missing[:5]}"
-        )
-    lookup = np.vectorize(row.__getitem__, otypes=[np.int64])
+
+    def lookup(ids: np.ndarray) -> np.ndarray:  # row of each template id in `pooled`
+        rows = np.searchsorted(templates, ids).clip(0, templates.size - 1)
+        missing = templates[rows] != ids
+        if missing.any():
+            raise ValueError(
+                f"root: the protocol names templates without images in the face/tid/mid file: "
+                f"{np.unique(ids[missing])[:5].tolist()}"
+            )
+        return rows
+
     first, second = lookup(pairs[:, 0]), lookup(pairs[:, 1])
     scores = np.empty(pairs.shape[0])
     chunk = 100_000
