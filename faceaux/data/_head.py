@@ -10,8 +10,8 @@ width):
   outline (the jaw);
 - the **nose** ``N``: a smaller ellipsoid tilted so that its lower end juts out of the face;
 - the **hair** ``H``: a larger ellipsoid enclosing the face, set back, visible only where hair
-  grows (above the hairline, behind a cut that leaves the face free, down to the shoulders for
-  long hair) and as skin at the side of the head below short hair.
+  grows (above the hairline, and behind a cut that leaves the face free down to the nape, or
+  past the chin for long hair), and as an ear below short hair.
 
 Every image pixel becomes an orthographic camera ray, which is intersected with the three
 ellipsoids in closed form (a quadratic each), so self-occlusion is exact: a turned face loses the
@@ -105,6 +105,11 @@ class Ellipsoid:
         self._c = [centre[:, i : i + 1] for i in range(3)]
         if tilt is not None:
             self._cos, self._sin = tilt.cos()[:, None], tilt.sin()[:, None]
+
+    def select(self, index: torch.Tensor) -> Ellipsoid:
+        """The ellipsoids of the images ``index`` ``(K,)`` (a batch of K)."""
+        tilt = None if self.tilt is None else self.tilt[index]
+        return Ellipsoid(self.centre[index], self.axes[index], tilt)
 
     def _rotate_in(self, x, y, z):
         """Head-frame vectors into the ellipsoid's (untilted) frame."""
@@ -502,13 +507,13 @@ def face_texture(p: Params, q: Params, x, y, z, visible, px: float):
     return colour, label.masked_fill_(behind, 1)
 
 
-def nose_texture(p: Params, nose: Ellipsoid, x, y, z, px: float) -> torch.Tensor:
-    """Albedo ``(B, K, 3)`` of the nose: skin, a little redder, with dark nostrils."""
+def nose_texture(skin, nostril_size, nose: Ellipsoid, x, y, z, px: float) -> torch.Tensor:
+    """Albedo ``(B, K, 3)`` of the nose: skin ``(B, 3)``, a little redder, with dark nostrils
+    of size ``nostril_size`` ``(B,)`` (unit-sphere units)."""
     ux, uy, uz = nose.unit_coordinates(x, y, z)
-    size = p["nostril"][:, None]
     dist = ((ux.abs() - 0.45) ** 2 + (uy - 0.8) ** 2 + (uz - 0.3) ** 2).sqrt()
-    nostril = ramp(size - dist, 4 * px / nose.axes[:, 0:1])
-    colour = p["skin"][:, None, :] * torch.tensor([1.02, 0.96, 0.94])
+    nostril = ramp(nostril_size[:, None] - dist, 4 * px / nose.axes[:, 0:1])
+    colour = skin[:, None, :] * torch.tensor([1.02, 0.96, 0.94])
     return colour * (1 - 0.8 * nostril)[..., None]
 
 
@@ -565,9 +570,9 @@ def _shade(normal, light, ambient):
     return ambient + (1.1 - ambient) * diffuse.clamp(min=0)
 
 
-def _hair_albedo(p: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Hair colour ``(B, K, 3)`` with a strand pattern."""
-    return p["hair"][:, None, :] * (0.85 + 0.15 * torch.sin(40 * x + 6 * y))[..., None]
+def _hair_albedo(hair: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Hair colour ``(B, K, 3)`` (``hair`` ``(B, 3)``) with a strand pattern."""
+    return hair[:, None, :] * (0.85 + 0.15 * torch.sin(40 * x + 6 * y))[..., None]
 
 
 def _point(origin, direction, t):
@@ -634,23 +639,50 @@ def render(
     hair_front, ear = hair_masks(p, *hair_point, px)
     front_alpha = torch.maximum(hair_front, ear) * cover_hair
 
-    # Colours: albedo times Lambert shading; the face's parts only where the face shows.
-    def shaded(albedo, normal):
-        return albedo * _shade(normal, light, ambient)[..., None]
+    # Colours: albedo times Lambert shading, each layer evaluated only where it shows.
+    def shaded(show, ellipsoid, point, albedo, inward=False):
+        image, pixel = show.nonzero(as_tuple=True)
+        at = tuple(c[image, pixel][:, None] for c in point)  # K points as K one-pixel images
+        normal = ellipsoid.select(image).normal(*at)
+        if inward:
+            normal = tuple(-c for c in normal)
+        shade = _shade(normal, light[image], ambient[image])
+        colour = torch.zeros(*show.shape, 3)
+        colour[image, pixel] = (albedo(image, pixel, at) * shade[..., None])[:, 0]
+        return colour
 
-    inward = tuple(-c for c in hair.normal(*back_point))
-    layers = [(back_alpha, shaded(_hair_albedo(p, *back_point[:2]), inward), 10)]
-    face_shows = (face_opacity > 0) & (nose_alpha < 1) & (front_alpha < 1)
-    albedo, face_label = face_texture(p, q, *face_point, face_shows, px)
-    layers.append((face_opacity, shaded(albedo, face.normal(*face_point)), face_label))
-    albedo = nose_texture(p, nose, *nose_point, px)
-    layers.append((nose_alpha, shaded(albedo, nose.normal(*nose_point)), 6))
+    uncovered = (front_alpha < 1) & (nose_alpha < 1)
+    colour = shaded(
+        (back_alpha > 0) & (face_opacity < 1) & uncovered,
+        hair,
+        back_point,
+        lambda i, j, at: _hair_albedo(p["hair"][i], *at[:2]),
+        inward=True,
+    )
+    layers = [(back_alpha, colour, 10)]
+    albedo, face_label = face_texture(p, q, *face_point, (face_opacity > 0) & uncovered, px)
+    shade = _shade(face.normal(*face_point), light, ambient)
+    layers.append((face_opacity, albedo * shade[..., None], face_label))
+    colour = shaded(
+        (nose_alpha > 0) & (front_alpha < 1),
+        nose,
+        nose_point,
+        lambda i, j, at: nose_texture(p["skin"][i], p["nostril"][i], nose.select(i), *at, px),
+    )
+    layers.append((nose_alpha, colour, 6))
     is_hair = hair_front >= ear
-    albedo = torch.where(
-        is_hair[..., None], _hair_albedo(p, *hair_point[:2]), p["skin"][:, None, :]
+    colour = shaded(
+        front_alpha > 0,
+        hair,
+        hair_point,
+        lambda i, j, at: torch.where(
+            is_hair[i, j][:, None, None],
+            _hair_albedo(p["hair"][i], *at[:2]),
+            p["skin"][i][:, None, :],
+        ),
     )
     front_label = torch.where(is_hair, 10, 1).to(torch.uint8)
-    layers.append((front_alpha, shaded(albedo, hair.normal(*hair_point)), front_label))
+    layers.append((front_alpha, colour, front_label))
 
     # Background in image space, then the layers over it.
     grad = q["bg_grad"]
