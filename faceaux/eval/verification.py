@@ -16,7 +16,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from faceaux._checks import check_tensor, finite_check, label_check, raise_bad_data
+from faceaux._checks import (
+    check_module_input,
+    check_tensor,
+    finite_check,
+    label_check,
+    raise_bad_data,
+)
 
 __all__ = [
     "FAR_LEVELS",
@@ -54,7 +60,7 @@ def _as_numpy(x: Any, name: str, dtype: type) -> np.ndarray:
             raise ValueError(
                 f"{name}: expected booleans (or 0/1) per pair, received dtype {array.dtype}"
             )
-    elif array.dtype.kind not in "biuf":
+    elif array.dtype.kind not in "iuf":
         raise ValueError(f"{name}: expected real numbers per pair, received dtype {array.dtype}")
     return array.astype(dtype)
 
@@ -267,6 +273,15 @@ def _images_of(batch: Any) -> torch.Tensor:
     raise ValueError(f"loader: expected batches of tensors, dicts or tuples, got {type(batch)}")
 
 
+def _checked_images(model: torch.nn.Module, batch: Any) -> torch.Tensor:
+    """The batch's images, checked: floating ``(B, C, H, W)`` of the model's dtype, finite."""
+    images = _images_of(batch)
+    check_tensor(images, "loader", "(B, C, H, W)", floating=True)
+    check_module_input(images, "loader", model)
+    raise_bad_data([finite_check(images, "loader")])
+    return images
+
+
 def _flip_images(batch: Any) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.flip(-1)
@@ -315,6 +330,11 @@ def extract_embeddings(
             when the batch carries left/right-sensitive side inputs (landmarks, parsing).
         fusion: ``"sum"`` or ``"concat"``: how the flipped embedding joins the original.
 
+    Without ``forward``, each batch's images must be a floating ``(B, C, H, W)`` tensor of the
+    model's dtype (convert uint8 images with ``.float() / 255``) and finite; a model output that
+    is not a finite ``(B, D)`` tensor is refused too (``ValueError`` naming ``loader`` or
+    ``model``).
+
     Returns:
         ``(N, D)`` (``(N, 2D)`` for ``fusion="concat"`` with ``flip``) float32 embeddings on
         the CPU, unit L2 norm, in loader order.
@@ -335,7 +355,7 @@ def extract_embeddings(
         first = next(iter(model.parameters()), None)
         device = first.device if first is not None else torch.device("cpu")
     device = torch.device(device)
-    run = forward if forward is not None else (lambda m, b: m(_images_of(b)))
+    run = forward if forward is not None else (lambda m, b: m(_checked_images(m, b)))
     mirror = flip_fn if flip_fn is not None else _flip_images
     was_training = model.training
     model.eval()

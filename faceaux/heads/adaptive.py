@@ -104,7 +104,8 @@ def sphereface_logits(
     ``lambda_ = 0`` is exactly
     ``‖x‖·ψ(θ_y)``. The target is computed in float32 for half-precision input. The logits have
     the promoted dtype of ``cosine`` and ``norms`` (float32 for bf16 cosines under autocast with
-    float32 norms), since they grow with the norm, which half precision may not hold.
+    float32 norms), since they grow with the norm, which half precision may not hold. Cosines
+    are clamped into [−1, 1] (so no logit exceeds ``‖x‖`` in magnitude).
     A label outside ``[0, C)`` (other than ``ignore_index``) or a NaN/inf cosine or norm raises
     ``ValueError`` (one device→host read).
 
@@ -145,7 +146,8 @@ def sphereface_logits(
         new_target = torch.where(has_target, psi, exact)
         scale = norms.to(exact.dtype)
         new_target = (scale * new_target).to(out_dtype)
-        logits = cosine.to(out_dtype) * norms.to(out_dtype).unsqueeze(1)
+        # cosines outside [-1, 1] are rounding (or nonsense): clamped, so ‖x‖·cos stays ≤ ‖x‖
+        logits = cosine.to(out_dtype).clamp(-1.0, 1.0) * norms.to(out_dtype).unsqueeze(1)
     return logits.scatter(1, index, new_target.unsqueeze(1))
 
 
@@ -228,7 +230,7 @@ class SphereFace(nn.Module):
         """λ for the next training step (0 when ``anneal`` is off)."""
         if not self.anneal:
             return 0.0
-        step = int(self.iteration)
+        step = 0 if self.iteration.is_meta else int(self.iteration)
         decayed = self.lambda_base * (1.0 + self.lambda_gamma * step) ** (-self.lambda_power)
         return max(self.lambda_min, decayed)
 

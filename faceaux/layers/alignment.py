@@ -24,6 +24,7 @@ from faceaux._checks import (
 from faceaux.layers.geometry import (
     _MODES,
     _PADDING_MODES,
+    MATRIX_BOUND,
     TRANSFORM_PARAMETERS,
     _check_size,
     _warp,
@@ -298,7 +299,9 @@ def theta_regularization(matrix: torch.Tensor, reduction: str = "mean") -> torch
         reduction: ``"mean"`` or ``"sum"`` over the batch, or ``"none"`` for ``(B,)``.
 
     An empty batch gives an exact 0 for ``"mean"`` (as for ``"sum"``) that still
-    back-propagates; a NaN/inf matrix raises ``ValueError`` (one device→host read).
+    back-propagates; a NaN/inf matrix raises ``ValueError`` (one device→host read). Entries are
+    clamped to ``±MATRIX_BOUND`` (1e6) first, as :func:`~faceaux.layers.geometry.warp` clamps
+    them: a runaway matrix gets a large, finite penalty (and no gradient beyond the bound).
 
     Returns:
         A scalar, or ``(B,)`` for ``reduction="none"``.
@@ -318,7 +321,8 @@ def theta_regularization(matrix: torch.Tensor, reduction: str = "mean") -> torch
         raise ValueError(f"reduction: expected 'mean', 'sum' or 'none', received {reduction!r}")
     check_finite(matrix, "matrix")
     eye = torch.eye(3, device=matrix.device, dtype=matrix.dtype)
-    penalty = (matrix - eye).square().sum(dim=(-2, -1))
+    bounded = matrix.clamp(-MATRIX_BOUND, MATRIX_BOUND)  # as warp does: no overflow when squared
+    penalty = (bounded - eye).square().sum(dim=(-2, -1))
     if reduction == "mean" and matrix.shape[0] > 0:
         return penalty.mean()
     if reduction == "none":

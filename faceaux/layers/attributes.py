@@ -14,6 +14,7 @@ From "Multi-task deep face recognition with facial attributes"
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -140,7 +141,9 @@ def attribute_loss(
     An entry is labelled where ``mask`` is true (or non-zero) and ``target`` is not NaN; the loss
     is the mean over labelled entries. Unlabelled entries contribute neither value nor gradient;
     a batch with no labelled entry (or ``B = 0``) gives ``0`` (with a zero gradient), never NaN.
-    NaN/inf predictions and ±inf targets raise ``ValueError`` (one device→host read).
+    NaN/inf predictions and ±inf targets raise ``ValueError`` (one device→host read), as do, for
+    ``"mse"``, magnitudes so large that the squared error would overflow (1e18 and up in float32
+    for a small batch: a diverged model).
 
     Args:
         pred: predictions (``"mse"``) or logits (``"bce"``).
@@ -164,15 +167,32 @@ def attribute_loss(
     if mask is not None:
         check_tensor(mask, "mask", "(B, M)", sizes=tuple(pred.shape))
     if data_checks_enabled(pred):
-        raise_bad_data(_attribute_checks(pred, "pred", target, "target"))
+        raise_bad_data(_attribute_checks(pred, "pred", target, "target", loss))
     return _attribute_loss(pred, target, mask, loss)
 
 
 def _attribute_checks(
-    pred: torch.Tensor, pred_name: str, target: torch.Tensor, target_name: str
+    pred: torch.Tensor, pred_name: str, target: torch.Tensor, target_name: str, loss: str
 ) -> list[DataCheck]:
-    """Finite predictions; targets finite or NaN (NaN marks an unlabelled entry)."""
+    """Finite predictions; targets finite or NaN (NaN marks an unlabelled entry); for MSE,
+    magnitudes whose squared error cannot overflow (a diverged model, named as such)."""
     checks = [finite_check(pred, pred_name)]
+    if loss == "mse":
+        # (p − t)² summed over n entries stays below the dtype's max while |p|, |t| ≤ bound
+        bound = math.sqrt(torch.finfo(pred.dtype).max / max(pred.numel(), 1)) / 2
+        for tensor, name in ((pred, pred_name), (target, target_name)):
+            if tensor.is_floating_point():
+                large = torch.nan_to_num(tensor, nan=0.0, posinf=0.0, neginf=0.0).abs() > bound
+                checks.append(
+                    (
+                        large.sum(),
+                        lambda n, name=name: (
+                            f"{name}: expected magnitudes ≤ {bound:.3g}, whose squared errors "
+                            f"cannot overflow {pred.dtype}, received {n} larger entries (a "
+                            f"diverged model?)"
+                        ),
+                    )
+                )
     if target.is_floating_point():
         shape = tuple(target.shape)
         checks.append(
@@ -391,7 +411,11 @@ class MultiTaskLoss(nn.Module):
                     finite_check(identity_logits, "identity_logits"),
                     labels,
                     *_attribute_checks(
-                        attribute_pred, "attribute_pred", attribute_target, "attribute_target"
+                        attribute_pred,
+                        "attribute_pred",
+                        attribute_target,
+                        "attribute_target",
+                        self.attribute_loss_kind,
                     ),
                 ]
             )
@@ -455,6 +479,7 @@ def majority_vote(attribute_labels: torch.Tensor, identity_labels: torch.Tensor)
         raise ValueError(
             f"identity_labels: expected an integer tensor, received dtype {identity_labels.dtype}"
         )
+    attribute_labels = attribute_labels.detach()  # a vote has no gradient
     if attribute_labels.is_complex():
         raise ValueError(
             f"attribute_labels: expected real labels, received dtype {attribute_labels.dtype}"

@@ -194,17 +194,16 @@ def part_mask_pooling(
         else:
             work = F.interpolate(work, size=(height, width), mode="bilinear", align_corners=False)
 
-    weights = work.to(features.dtype).flatten(2)  # (B, K, H·W)
+    work = work.flatten(2)  # (B, K, H·W)
+    if normalize:  # divide the weights, not the pooled sums: Σ F·P / (ΣP + eps) cannot overflow
+        work = work / (work.sum(dim=-1, keepdim=True) + eps)  # eq. 6's denominator
+    weights = work.to(features.dtype)
     flat = features.flatten(2)  # (B, C, H·W)
     if mode == "max":
-        pooled = (weights.unsqueeze(2) * flat.unsqueeze(1)).amax(dim=-1)
-    else:
-        pooled = torch.bmm(weights, flat.transpose(1, 2))  # (B, K, C), eq. 6 numerator
-        if mode == "mean":
-            pooled = pooled / (height * width)
-    if normalize:
-        mass = work.flatten(2).sum(dim=-1, keepdim=True)  # (B, K, 1), probability sum
-        pooled = pooled / (mass + eps).to(pooled.dtype)
+        return (weights.unsqueeze(2) * flat.unsqueeze(1)).amax(dim=-1)
+    pooled = torch.bmm(weights, flat.transpose(1, 2))  # (B, K, C), eq. 6 numerator
+    if mode == "mean":
+        pooled = pooled / (height * width)
     return pooled
 
 
