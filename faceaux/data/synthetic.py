@@ -337,8 +337,9 @@ class SyntheticFaces(Dataset):
     in its range with a random sign; pitch ±11.5° and roll ±14.3° times ``pose``), rendered in
     3-D with self-occlusion; an expression (mouth opening, smile, brow raise, frown, blinks,
     gaze; times ``expression``); a misalignment of the crop (scale ±10 %, rotation ±4.6°, shift
-    ±7 % of the image, perspective ±0.04, times ``warp``); illumination (light direction,
-    ambient level, colour gain, background); Gaussian blur and noise.
+    ±3.5 % of the image side, perspective terms ±0.04 in [-1, 1] image coordinates, times
+    ``warp``); illumination (light direction, ambient level, colour gain, background); Gaussian
+    blur and noise.
 
     The head is three ellipsoids (face, nose, hair) ray-cast per pixel, orthographically; see
     ``faceaux.data._head``. The whole set is rendered at construction, vectorised over chunks
