@@ -15,6 +15,7 @@ from faceaux import __version__
 
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "faceaux.demo",
+    "faceaux.study",
     "faceaux.bench",
     "faceaux.train.command",
     "faceaux.pack",
