@@ -4,10 +4,10 @@ benchmark, not a test). Run: ``python examples/bench_train.py [--batch 16] [--sm
 One training step as ``faceaux train`` takes it, in one process, on random images already in
 memory (so the figure is the model's compute, not data loading): images normalised, forward,
 Partial FC (ArcFace margin, 1,000 classes, sample rate 1), backward, gradient clipping, SGD with
-momentum. One untimed warm-up step, then ``--steps`` timed steps; samples/s = batch × steps /
-time. Models run interleaved, round by round, so a change of machine load hits all of them; the
-median round is reported. Frozen side networks (FAN, the parsing network) are built with random
-weights (timing only).
+momentum. One untimed warm-up step per model, then ``--rounds`` rounds that time ``--steps``
+steps of every model in turn (so a change of machine load hits all models alike); samples/s =
+batch × steps / time, the median round. Frozen side networks (FAN, the parsing network) are
+built with random weights (timing only).
 """
 
 from __future__ import annotations
@@ -58,20 +58,21 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     names = [n for n in args.models.split(",") if n] or faceaux.list_models()
-    setups = {name: build(name, args.small) for name in names}
-    data = {}
-    for name, (model, head, optimizer, cfg) in setups.items():
-        images = torch.rand(args.batch, *cfg["input_size"])
-        labels = torch.randint(0, 1000, (args.batch,))
-        data[name] = (images, labels)
-        step(model, head, optimizer, cfg, images, labels)  # warm-up
+    setups, data = {}, {}
+    for name in names:
+        setups[name] = build(name, args.small)
+        cfg = setups[name][3]
+        data[name] = (
+            torch.rand(args.batch, *cfg["input_size"]),
+            torch.randint(0, 1000, (args.batch,)),
+        )
+        step(*setups[name], *data[name])  # warm-up
     rates: dict[str, list[float]] = {name: [] for name in names}
-    for _ in range(args.rounds):
+    for _ in range(args.rounds):  # interleaved: a change of machine load hits every model
         for name in names:
-            model, head, optimizer, cfg = setups[name]
             start = time.perf_counter()
             for _ in range(args.steps):
-                step(model, head, optimizer, cfg, *data[name])
+                step(*setups[name], *data[name])
             rates[name].append(args.batch * args.steps / (time.perf_counter() - start))
     print(
         f"batch {args.batch}, {args.steps} steps x {args.rounds} round(s), {args.threads} "

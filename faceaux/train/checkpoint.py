@@ -4,9 +4,10 @@ A checkpoint is a folder ``<output>/checkpoints/step_<NNNNNNNN>/`` holding:
 
 - ``model.pt`` — the backbone's state dict alone (tensors only: loads with
   ``faceaux.create_model(name, checkpoint_path=...)``, ``faceaux eval`` and ``faceaux export``);
-- ``common.pt`` — written by rank 0: step, world size, config, the state of everything that is
-  the same on every rank (the DDP-replicated recognizer, with a dense head when used; the
-  optimiser state of its parameters; the scheduler; the gradient scaler);
+- ``common.pt`` — written by rank 0: step, world size, config, the data position (epoch, step in
+  the epoch, samples seen: the sample order is a function of these and the seed), the state of
+  everything that is the same on every rank (the DDP-replicated recognizer, with a dense head
+  when used; the optimiser state of its parameters; the scheduler; the gradient scaler);
 - ``rank<r>.pt`` — one per rank: that rank's Partial FC shard (``PartialFC.state_dict()``), the
   optimiser state of the shard (momentum or Adam moments, each cut like the centres) and the
   rank's random-number-generator states.

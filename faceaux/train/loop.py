@@ -576,7 +576,7 @@ def _run(config: TrainConfig, processes: _Processes) -> dict[str, Any]:
     def save(step: int) -> Path:
         return _save_checkpoint(
             output, step, config, processes, replicated, partial_fc, optimizer, scheduler,
-            scaler, sharded_ids, num_classes, total_steps,
+            scaler, sharded_ids, num_classes, total_steps, steps_per_epoch,
         )  # fmt: skip
 
     step, loss_value, last_checkpoint, nonfinite = start_step, math.nan, None, 0
@@ -696,6 +696,7 @@ def _save_checkpoint(
     sharded_ids: list[int],
     num_classes: int,
     total_steps: int,
+    steps_per_epoch: int,
 ) -> Path:
     rank = processes.rank
     folder = output / "checkpoints"
@@ -730,6 +731,11 @@ def _save_checkpoint(
                 "total_steps": total_steps,
                 "world_size": processes.world_size,
                 "num_classes": num_classes,
+                "data_position": {  # where the sample order resumes (StepBatchSampler)
+                    "epoch": step // steps_per_epoch,
+                    "step_in_epoch": step % steps_per_epoch,
+                    "samples_seen": step * config.batch_size,
+                },
                 "config": config.to_dict(),
                 "model": replicated.state_dict(),
                 "optimizer": common_optimizer,
