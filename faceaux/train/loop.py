@@ -635,7 +635,7 @@ def _run(config: TrainConfig, processes: _Processes) -> dict[str, Any]:
             optimizer.zero_grad(set_to_none=True)
             lr = optimizer.param_groups[0]["lr"]
             with warnings.catch_warnings():  # a step the fp16 scaler skipped still counts
-                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()`")
+                warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)`")
                 scheduler.step()
             step += 1
             log.advance(loss_value, lr)
