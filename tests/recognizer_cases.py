@@ -13,7 +13,6 @@ from torch import nn
 
 from faceaux import (
     ArcFace,
-    AttributeHead,
     FaceRecognizer,
     HeatmapStacker,
     PartMaskPooling,
@@ -59,8 +58,7 @@ def compose_everything(backbone: nn.Module, connectivity: str = "1-1") -> FaceRe
         loc_hidden=16,
     )
     parts = PartMaskPooling(parts=FSENET_PARTS, mask_resize="max")
-    channels = backbone.embedding_size
-    model = FaceRecognizer(
+    return FaceRecognizer(
         backbone,
         align=align,
         heatmaps=HeatmapStacker(INTERNAL_51, normalize=None),
@@ -72,11 +70,8 @@ def compose_everything(backbone: nn.Module, connectivity: str = "1-1") -> FaceRe
         parts=parts,
         structure=StructureCorrelation(),
         fan_input_size=FAN_SIZE,
+        attributes=7,  # an AttributeHead sized for the fused embedding
     )
-    k = len(FSENET_PARTS)
-    local = k * (model.part_channels + 2 * (k - 1))
-    model.attributes = AttributeHead(channels + local, 7, hidden_features=16)
-    return model
 
 
 def train_steps(model: FaceRecognizer, steps: int = 3, batch: int = 4) -> list[float]:

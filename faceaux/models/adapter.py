@@ -5,7 +5,8 @@ modules, the adapter
 
 - finds each stage's channels and reduction (the nominal stride: the power of two nearest to
   input / output size) with one dry run (eval mode, no gradients);
-- registers a forward hook on every stage module and on every direct child (block) of it, once;
+- registers a forward hook on every stage module and on every block of it (the items of an
+  ``nn.Sequential`` stage; a stage of another type is one block), once;
   during :meth:`BackboneAdapter.forward_stages` the hooks pass each output through the caller's
   ``tap(name, feature)`` (which may change it) and record the last stage's output, then stop the
   network (``stop_early``) so its own classifier never runs;
@@ -184,9 +185,11 @@ class BackboneAdapter(nn.Module):
             in_channels = first.in_channels if first is not None else 3
         check_positive_int(in_channels, "in_channels")
         blocks = []
-        for name in stage_names:
-            children = [f"{name}.{child}" for child, _ in modules[name].named_children()]
-            blocks.append(tuple(children) if children else (name,))
+        for name in stage_names:  # a stage's blocks: the items of a Sequential, else itself
+            stage = modules[name]
+            children = [f"{name}.{child}" for child, _ in stage.named_children()]
+            sequential = isinstance(stage, (nn.Sequential, nn.ModuleList)) and children
+            blocks.append(tuple(children) if sequential else (name,))
         self._context = _Context()
         shapes = self._dry_run(stage_names, in_channels)
         self.feature_info = [
@@ -272,7 +275,8 @@ class BackboneAdapter(nn.Module):
         return self.model.get_submodule(self.first_conv)
 
     def stage_blocks(self, index: int) -> tuple[str, ...]:
-        """Names of the direct children of stage ``index`` (the stage itself if it has none)."""
+        """Names of the blocks of stage ``index``: the items of a ``Sequential`` stage, else the
+        stage itself (a single residual block's branches are not blocks)."""
         return tuple(self.feature_info[index]["blocks"])
 
     def forward_stages(self, x: torch.Tensor, tap: Tap | None = None) -> torch.Tensor:

@@ -98,7 +98,9 @@ class FaceRecognizer(nn.Module):
         normalize_global: L2-normalise g before the concatenation (§4.7.2); ``False`` keeps g.
 
     Output:
-        attributes: a :class:`faceaux.AttributeHead` on the embedding (multi-task eq. 2).
+        attributes: a :class:`faceaux.AttributeHead` on the embedding (multi-task eq. 2), or
+            the number of attributes M: then ``AttributeHead(D, M, hidden_features=D)`` is
+            built for this recognizer's embedding size D. A given head must take D inputs.
 
     Other args:
         image_range: value range (low, high) of the images the recognizer receives (default
@@ -150,7 +152,7 @@ class FaceRecognizer(nn.Module):
         structure: StructureCorrelation | None = None,
         local_weight: float = 0.6,
         normalize_global: bool = True,
-        attributes: AttributeHead | None = None,
+        attributes: AttributeHead | int | None = None,
         image_range: tuple[float, float] = (-1.0, 1.0),
         fan_input_size: int | None = None,
         parser_input_size: int = 128,
@@ -263,8 +265,17 @@ class FaceRecognizer(nn.Module):
             self.projection.to(device=reference.device, dtype=reference.dtype)
         self.parts = parts
         self.structure = structure
-        self.attributes = attributes
         self.part_channels = channels.get(self.part_stage, 0) if self.part_stage else 0
+        if isinstance(attributes, int):
+            check_positive_int(attributes, "attributes")
+            size = self.embedding_size
+            attributes = AttributeHead(size, attributes, hidden_features=size)
+        elif attributes is not None and attributes.in_features != self.embedding_size:
+            raise ValueError(
+                f"attributes: the AttributeHead takes {attributes.in_features} inputs; this "
+                f"recognizer's embedding has D = {self.embedding_size}"
+            )
+        self.attributes = attributes
 
     # ------------------------------------------------------------------ construction helpers
 
@@ -275,11 +286,14 @@ class FaceRecognizer(nn.Module):
             ("heatmaps", heatmaps, HeatmapStacker),
             ("parts", parts, PartMaskPooling),
             ("structure", structure, StructureCorrelation),
-            ("attributes", attributes, AttributeHead),
+            ("attributes", attributes, (AttributeHead, int)),
         ):
-            if value is not None and not isinstance(value, kind):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+                names = " or ".join(
+                    k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,))
+                )
                 raise TypeError(
-                    f"{name}: expected a {kind.__name__} or None, received {type(value).__name__}"
+                    f"{name}: expected {names} or None, received {type(value).__name__}"
                 )
         if parts is not None and parts.mask_activation is not None:
             raise ValueError(

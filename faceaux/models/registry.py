@@ -251,8 +251,9 @@ def create_model(
         strict: with ``checkpoint_path``, require the keys to match exactly.
         **kwargs: passed to the model's builder (e.g. ``embedding_size=256``).
 
-    The model gets ``model.pretrained_cfg``: its :func:`get_model_cfg` configuration (with
-    ``embedding_size`` and ``input_size`` updated from ``kwargs`` when given).
+    The model gets ``model.pretrained_cfg``: its :func:`get_model_cfg` configuration, with
+    ``embedding_size`` the built model's (``model.embedding_size``) and ``input_size`` updated
+    from ``kwargs`` when given.
 
     Shape:
         The model's own contract; the recognizers map ``(B, 3, H, W)`` images (112×112 by
@@ -269,8 +270,9 @@ def create_model(
     builder = _MODELS[_check_name(name)]
     model = builder(**kwargs)
     cfg = get_model_cfg(name)
-    if "embedding_size" in kwargs:
-        cfg["embedding_size"] = kwargs["embedding_size"]
+    size = getattr(model, "embedding_size", kwargs.get("embedding_size"))
+    if isinstance(size, int):
+        cfg["embedding_size"] = size
     if "input_size" in kwargs:
         cfg["input_size"] = (cfg["input_size"][0], *tuple(kwargs["input_size"]))
     model.pretrained_cfg = cfg
