@@ -866,3 +866,35 @@ def test_bad_arguments_are_named(call, name, tmp_path):
         assert message.startswith(str(tmp_path)), message
     else:
         assert re.match(rf"^{name}\b", message), message
+
+
+# ---------------------------------------------------------------------------------------------
+# the data checks cost no graph break under torch.compile (they are skipped there)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "ArcFace",
+        "AdaFace",
+        "PartialFC",
+        "margin_logits",
+        "GNAP",
+        "warp",
+        "HeatmapStacker",
+        "structure_correlation",
+        "AttributeHead",
+        "SpatialTransformerAlign",
+    ],
+)
+def test_data_checks_do_not_break_the_compiled_graph(name):
+    spec = SPECS_BY_NAME[name]
+    fn, kwargs = spec.build(3, torch.Generator().manual_seed(0))
+    if isinstance(fn, nn.Module):
+        fn.eval()
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, backend="eager", fullgraph=True)  # fails on any graph break
+    expected = fn(**kwargs)
+    got = compiled(**kwargs)
+    for a, b in zip(floats_in(got), floats_in(expected), strict=True):
+        torch.testing.assert_close(a, b)

@@ -59,14 +59,21 @@ def check_labels(labels: object, batch_of: torch.Tensor, batch_name: str) -> Non
 _INPUTS_CHECKED = contextvars.ContextVar("faceaux_margin_inputs_checked", default=False)
 
 
-@contextlib.contextmanager
-def inputs_already_checked() -> Iterator[None]:
+def inputs_already_checked() -> contextlib.AbstractContextManager:
     """Within this block the logits-in functions skip their data checks.
 
     A head that has already read its embeddings and labels (in one device→host transfer) passes
     cosines it computed itself to the margin function; reading them again would cost a second
-    synchronisation per step on a GPU.
+    synchronisation per step on a GPU. (A no-op where data checks are off anyway: under
+    ``torch.compile`` a context variable would break the graph.)
     """
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return contextlib.nullcontext()
+    return _inputs_checked()
+
+
+@contextlib.contextmanager
+def _inputs_checked() -> Iterator[None]:
     token = _INPUTS_CHECKED.set(True)
     try:
         yield
