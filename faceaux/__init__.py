@@ -4,6 +4,7 @@ Each layer carries one kind of face knowledge (landmarks, alignment, parts, attr
 norm-aware pooling) into any recognition network, next to the margin heads they train with.
 """
 
+from faceaux.conventions import FIVE_POINT, INTERNAL_51, LANDMARKS_68
 from faceaux.data import ImageFolderFaces, SyntheticFaces, load_verification_bin, make_pairs
 from faceaux.eval import extract_embeddings, verification_metrics
 from faceaux.heads import (
@@ -41,14 +42,7 @@ from faceaux.layers.geometry import (
     warp,
 )
 from faceaux.layers.gnap import GNAP, norm_aware_reweight
-from faceaux.layers.heatmaps import (
-    FIVE_POINT,
-    INTERNAL_51,
-    LANDMARKS_68,
-    HeatmapStacker,
-    heatmaps_to_landmarks,
-    render_heatmaps,
-)
+from faceaux.layers.heatmaps import HeatmapStacker, heatmaps_to_landmarks, render_heatmaps
 from faceaux.layers.integration import FANIntegrationLayer, adain, expand_input_channels
 from faceaux.layers.parts import (
     PartMaskPooling,

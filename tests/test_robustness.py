@@ -420,12 +420,6 @@ SPECS: list[Spec] = [
         ),
         ("content", "style"),
         meta=True,
-        xfail={
-            "nan": "a NaN in content or style gives NaN output (no ValueError naming it); "
-            "owner: models/integration",
-            "inf": "an inf in content or style gives NaN output (no ValueError naming it); "
-            "owner: models/integration",
-        },
     ),
     Spec(
         "FANIntegrationLayer",
@@ -435,15 +429,6 @@ SPECS: list[Spec] = [
         ),
         ("y", "x"),
         meta=True,
-        xfail={
-            "nan": "a NaN in y or x gives NaN output and poisons the BatchNorm running "
-            "statistics (no ValueError naming it); owner: models/integration",
-            "inf": "an inf in y or x gives NaN output and poisons the BatchNorm running "
-            "statistics (no ValueError naming it); owner: models/integration",
-            "half": "bfloat16 y and x outside autocast: RuntimeError from inside conv2d "
-            "'Input type (c10::BFloat16) and bias type (float) should be the same'; "
-            "owner: models/integration",
-        },
     ),
 ]
 SPECS_BY_NAME = {spec.name: spec for spec in SPECS}

@@ -116,9 +116,9 @@ OTHER_SPECS = [
             faceaux.BackboneAdapter(
                 _backbone(), ["stage1", "stage2"], embedding_size=16, input_size=(16, 16)
             ),
-            {"x": torch.rand(b, 3, 16, 16, generator=g)},
+            {"images": torch.rand(b, 3, 16, 16, generator=g)},
         ),
-        ("x",),
+        ("images",),
         meta=True,
         loss=_normalised_loss,
         min_batch=2,
@@ -126,116 +126,8 @@ OTHER_SPECS = [
 ]
 SPECS = [_registered(name) for name in faceaux.list_models()] + OTHER_SPECS
 
-ZERO = (
-    "all-zero images in training mode: non-finite input gradients (every BatchNorm sees a "
-    "zero-variance batch and multiplies the gradient by 1/sqrt(eps) ≈ 316; a dozen layers "
-    "overflow float32)"
-)
-HUGE = (
-    "images of magnitude 1e20 in training mode: non-finite input gradients (the first "
-    "BatchNorm's variance overflows float32, its output is constant, then as all-zero images)"
-)
-NAN = "a NaN pixel gives NaN embeddings (no ValueError naming the images)"
-HALF_DTYPE = "bfloat16 images: RuntimeError 'expected scalar type BFloat16 but found Float'"
-HALF_BIAS = (
-    "bfloat16 images: RuntimeError 'Input type (c10::BFloat16) and bias type (float) should "
-    "be the same'"
-)
-INTEGER_BIAS = "int64 images: RuntimeError 'Input type (long int) and bias type (float) ...'"
-
-
-def _names(said: str, argument: str) -> str:
-    return f"the ValueError names '{said}', not the forward's argument '{argument}'"
-
-
-#: Today's failures (exact), by (spec, class); owner: models/integration.
-XFAIL: dict[tuple[str, str], str] = {
-    ("fanface_iresnet34", "nan"): _names("x", "images"),
-    ("fanface_iresnet34", "huge"): HUGE,
-    ("fanface_iresnet34", "half"): HALF_DTYPE,
-    ("fanface_iresnet50", "nan"): _names("x", "images"),
-    ("fanface_iresnet50", "huge"): HUGE,
-    ("fanface_iresnet50", "half"): HALF_DTYPE,
-    ("fsenet_iresnet50", "nan"): _names("features", "images"),
-    ("fsenet_iresnet50", "zero"): ZERO,
-    ("fsenet_iresnet50", "huge"): HUGE,
-    ("fsenet_iresnet50", "half"): HALF_DTYPE,
-    ("iresnet100", "wrong_rank"): _names("images", "x"),
-    ("iresnet100", "integer"): _names("images", "x"),
-    ("iresnet100", "nan"): NAN,
-    ("iresnet100", "zero"): ZERO,
-    ("iresnet100", "huge"): HUGE,
-    ("iresnet100", "half"): HALF_DTYPE,
-    ("iresnet18", "wrong_rank"): _names("images", "x"),
-    ("iresnet18", "integer"): _names("images", "x"),
-    ("iresnet18", "nan"): NAN,
-    ("iresnet18", "zero"): ZERO,
-    ("iresnet18", "huge"): HUGE,
-    ("iresnet18", "half"): HALF_DTYPE,
-    ("iresnet18_gnap", "wrong_rank"): _names("images", "x"),
-    ("iresnet18_gnap", "integer"): _names("images", "x"),
-    ("iresnet18_gnap", "nan"): _names("features", "x"),
-    ("iresnet18_gnap", "half"): HALF_DTYPE,
-    ("iresnet34", "wrong_rank"): _names("images", "x"),
-    ("iresnet34", "integer"): _names("images", "x"),
-    ("iresnet34", "nan"): NAN,
-    ("iresnet34", "zero"): ZERO,
-    ("iresnet34", "huge"): HUGE,
-    ("iresnet34", "half"): HALF_DTYPE,
-    ("iresnet50", "wrong_rank"): _names("images", "x"),
-    ("iresnet50", "integer"): _names("images", "x"),
-    ("iresnet50", "nan"): NAN,
-    ("iresnet50", "zero"): ZERO,
-    ("iresnet50", "huge"): HUGE,
-    ("iresnet50", "half"): HALF_DTYPE,
-    ("iresnet_nano", "wrong_rank"): _names("images", "x"),
-    ("iresnet_nano", "integer"): _names("images", "x"),
-    ("iresnet_nano", "nan"): NAN,
-    ("iresnet_nano", "zero"): ZERO,
-    ("iresnet_nano", "huge"): HUGE,
-    ("iresnet_nano", "half"): HALF_DTYPE,
-    ("lresnet18e", "wrong_rank"): _names("images", "x"),
-    ("lresnet18e", "integer"): _names("images", "x"),
-    ("lresnet18e", "nan"): NAN,
-    ("lresnet18e", "zero"): ZERO,
-    ("lresnet18e", "huge"): HUGE,
-    ("lresnet18e", "half"): HALF_DTYPE,
-    ("mobilefacenet", "wrong_rank"): _names("images", "x"),
-    ("mobilefacenet", "integer"): _names("images", "x"),
-    ("mobilefacenet", "nan"): NAN,
-    ("mobilefacenet", "zero"): ZERO,
-    ("mobilefacenet", "huge"): HUGE,
-    ("mobilefacenet", "half"): HALF_DTYPE,
-    ("mobilefacenet_gnap", "wrong_rank"): _names("images", "x"),
-    ("mobilefacenet_gnap", "integer"): _names("images", "x"),
-    ("mobilefacenet_gnap", "nan"): _names("features", "x"),
-    ("mobilefacenet_gnap", "half"): HALF_DTYPE,
-    ("mtl_attr_fast", "nan"): _names("embedding", "images"),
-    ("mtl_attr_fast", "zero"): ZERO,
-    ("mtl_attr_fast", "huge"): HUGE,
-    ("mtl_attr_fast", "half"): HALF_DTYPE,
-    ("mtl_attr_full", "nan"): _names("embedding", "images"),
-    ("mtl_attr_full", "zero"): ZERO,
-    ("mtl_attr_full", "huge"): HUGE,
-    ("mtl_attr_full", "half"): HALF_DTYPE,
-    ("stnface_iresnet34", "nan"): _names("x", "images"),
-    ("stnface_iresnet34", "zero"): ZERO,
-    ("stnface_iresnet34", "huge"): HUGE,
-    ("stnface_iresnet34", "half"): _names("x", "images"),
-    ("FAN", "integer"): INTEGER_BIAS,
-    ("FAN", "nan"): NAN,
-    ("FAN", "half"): HALF_BIAS,
-    ("FANFeatureIntegrator", "nan"): _names("x", "images"),
-    ("FANFeatureIntegrator", "half"): HALF_BIAS,
-    ("FaceRecognizer", "nan"): NAN,
-    ("FaceRecognizer", "zero"): ZERO,
-    ("FaceRecognizer", "huge"): HUGE,
-    ("FaceRecognizer", "half"): HALF_DTYPE,
-    ("BackboneAdapter", "wrong_rank"): _names("images", "x"),
-    ("BackboneAdapter", "integer"): _names("images", "x"),
-    ("BackboneAdapter", "nan"): NAN,
-    ("BackboneAdapter", "half"): HALF_BIAS,
-}
+#: Cases that fail today (exact failure), by (spec, class). Empty: every model passes.
+XFAIL: dict[tuple[str, str], str] = {}
 
 
 #: One registered model per architecture family: the slow classes run on these only.

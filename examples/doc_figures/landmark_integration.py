@@ -62,7 +62,7 @@ def compute() -> dict[str, torch.Tensor]:
     backbone = create_model("iresnet_nano").eval()
     layer = FANIntegrationLayer(len(INTERNAL_51), 16, "basic").eval()
     with torch.no_grad():
-        y = backbone.layer1(backbone.stem(image * 2 - 1))  # faces in [-1, 1]
+        y = backbone.layer1(backbone.forward_stem(image * 2 - 1))  # faces in [-1, 1]
         x = torch.nn.functional.interpolate(
             heatmaps[:, list(INTERNAL_51)], size=y.shape[-2:], mode="bilinear"
         )

@@ -35,10 +35,10 @@ from faceaux import (
     part_mask_pooling,
     structure_correlation,
 )
-from faceaux.data import PARSING_CLASSES
+from faceaux.conventions import PARSING_CLASSES
 from faceaux.models import create_model
 
-PART_NAMES = ("skin", "l_eye", "r_eye", "nose", "upper_lip", "lower_lip")
+PART_NAMES = ("skin", "left_eye", "right_eye", "nose", "upper_lip", "lower_lip")
 # Look the parts up by name: the same code works for a parser with another label order.
 PARTS = tuple(PARSING_CLASSES.index(name) for name in PART_NAMES)
 
@@ -62,7 +62,7 @@ def compute() -> dict:
     # Part features of a (random, untrained) backbone's 28×28 stage, then eq. 7.
     backbone = create_model("iresnet_nano").train()  # BatchNorm on batch statistics
     with torch.no_grad():
-        features = backbone.layer2(backbone.layer1(backbone.stem(images * 2 - 1)))
+        features = backbone.layer2(backbone.layer1(backbone.forward_stem(images * 2 - 1)))
         part_features = PartMaskPooling(parts=PARTS)(features, masks)  # (10, 6, 32)
         rows = structure_correlation(part_features, flatten=False)  # (10, 6, 32 + 10)
         descriptor = StructureCorrelation()(part_features)  # (10, 252)

@@ -4,7 +4,6 @@ from faceaux.data.folders import ImageFolderFaces
 from faceaux.data.recordio import RecordFaces, RecordWriter, pack_folder
 from faceaux.data.synthetic import (
     NUISANCE_ATTRIBUTES,
-    PARSING_CLASSES,
     SYNTHETIC_ATTRIBUTES,
     SyntheticFaces,
     make_pairs,
@@ -14,7 +13,6 @@ from faceaux.data.verification_bin import load_verification_bin, save_verificati
 
 __all__ = [
     "NUISANCE_ATTRIBUTES",
-    "PARSING_CLASSES",
     "SYNTHETIC_ATTRIBUTES",
     "ImageFolderFaces",
     "RecordFaces",

@@ -37,31 +37,11 @@ from faceaux.data._counter_random import counter_normal, counter_uniform
 
 __all__ = [
     "NUISANCE_ATTRIBUTES",
-    "PARSING_CLASSES",
     "SYNTHETIC_ATTRIBUTES",
     "SyntheticFaces",
     "make_pairs",
     "split_identities",
 ]
-
-#: Parsing labels, in label order: Helen's 11 classes in Helen's order (so FSENet's default parts,
-#: ``faceaux.models.fsenet.FSENET_PARTS``, pick the same regions here). "l_" and "r_" are the
-#: *image*-left and image-right parts of an upright frontal face (the subject's right and left),
-#: matching landmark points 36-41 (l_eye) and 42-47 (r_eye) of the 68-point iBUG layout; they
-#: keep their anatomical side when the head turns.
-PARSING_CLASSES: tuple[str, ...] = (
-    "background",
-    "skin",
-    "l_brow",
-    "r_brow",
-    "l_eye",
-    "r_eye",
-    "nose",
-    "upper_lip",
-    "inner_mouth",
-    "lower_lip",
-    "hair",
-)
 
 #: The attributes of Table 1 of multitask-face-attributes.txt, in that table's order (the
 #: CelebA column names). Identity-stable: thresholds of identity parameters.
@@ -354,9 +334,9 @@ class SyntheticFaces(Dataset):
       away). A profile face loses the far eye, brow and jaw and half the mouth.
     - ``pose``: ``(yaw, pitch, roll)`` in degrees. Positive yaw turns the nose to the image
       right, positive pitch turns it up, positive roll rotates the face clockwise on screen.
-    - ``parsing``: labels of :data:`PARSING_CLASSES` (Helen's order) of the first surface each
-      pixel's ray meets; a hidden eye has no eye pixels. "l" is the image-left part of the upright
-      frontal face and stays with that part when the head turns.
+    - ``parsing``: labels of :data:`faceaux.conventions.PARSING_CLASSES` (Helen's order) of the
+      first surface each pixel's ray meets; a hidden eye has no eye pixels. "left" is the
+      image-left part of the upright frontal face and stays with that part when the head turns.
     - ``attributes``: the seven Table-1 attributes of multitask-face-attributes.txt
       (:data:`SYNTHETIC_ATTRIBUTES`), 0/1, thresholds of identity parameters (e.g. Narrow_Eyes:
       eye height/width < 0.40), so identity-stable by construction, as §3.2's majority vote

@@ -54,8 +54,9 @@ class SpatialTransformerAlign(nn.Module):
     ``align_corners``) — for any output size with ``padding_mode="border"``, and with any padding
     when the output is no larger than the input (then no sample falls outside it; upsampling
     with ``"zeros"`` fades the outermost half pixel toward 0). ``transform="identity"`` has no
-    localisation network: the output is always that resize (the paper's unaligned baseline,
-    §3.3, where the crop is used as it is). Train the localisation network with a 10–100×
+    localisation network: the output is always that resize, or with ``crop_size`` a fixed centre
+    crop resized to ``output_size`` — the paper's unaligned baseline (§3.3: "the detected face
+    region is directly cropped at the center"). Train the localisation network with a 10–100×
     smaller learning rate (§4); :func:`param_groups` builds the optimiser groups.
 
     Bad input: a NaN/inf pixel raises ``ValueError`` (one device→host read) before the
@@ -77,6 +78,10 @@ class SpatialTransformerAlign(nn.Module):
         align_corners: the ``F.grid_sample`` convention (``False``: ``±1`` on pixel edges).
         padding_mode: ``"zeros"``, ``"border"`` or ``"reflection"`` outside the input.
         mode: ``"bilinear"`` (eq. 2), ``"nearest"`` or ``"bicubic"``.
+        crop_size: ``(h, w)`` in input pixels, ``transform="identity"`` only: a fixed centre
+            crop of that size (resampled to ``output_size``) instead of the whole image — the
+            paper's unaligned baseline (§3.3: "the detected face region is directly cropped at
+            the center").
 
     Shape:
         - x: ``(B, C, H, W)`` with ``C = in_channels``
@@ -105,6 +110,7 @@ class SpatialTransformerAlign(nn.Module):
         align_corners: bool = False,
         padding_mode: str = "zeros",
         mode: str = "bilinear",
+        crop_size: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         if transform not in TRANSFORM_PARAMETERS:
@@ -126,6 +132,12 @@ class SpatialTransformerAlign(nn.Module):
         self.align_corners = bool(align_corners)
         self.padding_mode = padding_mode
         self.mode = mode
+        if crop_size is not None and transform != "identity":
+            raise ValueError(
+                f"crop_size: a fixed centre crop is the 'identity' transform's, received "
+                f"transform={transform!r}"
+            )
+        self.crop_size = None if crop_size is None else _check_size(crop_size, "crop_size")
         self.localization: nn.Sequential | None = None
         self.regressor: nn.Linear | None = None
         if transform == "identity":
@@ -203,6 +215,8 @@ class SpatialTransformerAlign(nn.Module):
 
     def _predict_matrix(self, x: torch.Tensor) -> torch.Tensor:
         eye = torch.eye(3, device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
+        if self.crop_size is not None:
+            eye = self._crop_scale(x).to(eye.dtype)
         if self.regressor is None or self.localization is None or x.shape[0] == 0:
             return eye.expand(x.shape[0], 3, 3)  # (an empty batch never reaches BatchNorm)
         small = x
@@ -211,6 +225,19 @@ class SpatialTransformerAlign(nn.Module):
         params = self.regressor(self.localization(small))
         params = params.to(torch.promote_types(params.dtype, torch.float32))
         return transform_matrix(params, self.transform)
+
+    def _crop_scale(self, x: torch.Tensor) -> torch.Tensor:
+        """diag(sx, sy, 1): the normalised output → input map of a centred crop_size crop."""
+        (ch, cw), (h, w) = self.crop_size, tuple(x.shape[-2:])
+        if ch > h or cw > w:
+            raise ValueError(
+                f"x: crop_size {self.crop_size} is larger than the input, shape {tuple(x.shape)}"
+            )
+        if self.align_corners:  # ±1 on the centres of the first and last pixels
+            sx, sy = (cw - 1) / max(w - 1, 1), (ch - 1) / max(h - 1, 1)
+        else:  # ±1 on the outer edges of the first and last pixels
+            sx, sy = cw / w, ch / h
+        return torch.tensor([sx, sy, 1.0], device=x.device, dtype=torch.float64).diag()
 
     def forward(
         self, x: torch.Tensor, return_matrix: bool = False

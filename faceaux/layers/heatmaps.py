@@ -26,11 +26,9 @@ from faceaux._checks import (
     finite_check,
     raise_bad_data,
 )
+from faceaux.conventions import INTERNAL_51
 
 __all__ = [
-    "FIVE_POINT",
-    "INTERNAL_51",
-    "LANDMARKS_68",
     "HeatmapStacker",
     "heatmaps_to_landmarks",
     "render_heatmaps",
@@ -39,33 +37,6 @@ __all__ = [
 _MODES = ("nearest", "nearest-exact", "bilinear", "bicubic", "area")
 #: ``HeatmapStacker(normalize="max")`` divides each map by ``max(peak, _PEAK_FLOOR)``.
 _PEAK_FLOOR = 1e-6
-
-LANDMARKS_68: tuple[int, ...] = tuple(range(68))
-"""All 68 points of the iBUG/300-W 68-point layout (0-based), FAN's output order.
-
-Shape:
-    A tuple of 68 indices: ``landmarks[:, LANDMARKS_68]`` keeps ``(B, 68, 2)``.
-"""
-
-INTERNAL_51: tuple[int, ...] = tuple(range(17, 68))
-"""The 51 internal points of the 68-point layout: without the 17 jaw-line points 0–16, which the
-paper ignores as noisy (FAN-Face §3.1).
-
-Shape:
-    A tuple of 51 indices: ``heatmaps[:, INTERNAL_51]`` maps ``(B, 68, H, W)`` to
-    ``(B, 51, H, W)``.
-"""
-
-FIVE_POINT: tuple[int, ...] = (36, 45, 30, 48, 54)
-"""The 68-point landmarks nearest to the usual 5-point layout, in its order (image-left first):
-outer corner of the left eye (36), outer corner of the right eye (45), nose tip (30), left and
-right mouth corners (48, 54). Eye centres are not points of the 68 layout, so the eye corners
-stand in for them.
-
-Shape:
-    A tuple of 5 indices: ``landmarks[:, FIVE_POINT]`` maps ``(B, 68, 2)`` to ``(B, 5, 2)``, the
-    layout of [`ARCFACE_TEMPLATE_112`][faceaux.ARCFACE_TEMPLATE_112].
-"""
 
 
 def render_heatmaps(

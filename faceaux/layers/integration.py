@@ -16,7 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from faceaux._checks import check_same_batch, check_tensor
+from faceaux._checks import (
+    check_module_input,
+    check_same_batch,
+    check_tensor,
+    finite_check,
+    raise_bad_data,
+)
 
 __all__ = ["FANIntegrationLayer", "adain", "expand_input_channels"]
 
@@ -29,7 +35,8 @@ def adain(content: torch.Tensor, style: torch.Tensor, eps: float = 1e-5) -> torc
     Huang & Belongie, ICCV 2017, as used in FAN-Face's integration layer (§3.4 (b), Fig. 3):
     AdaIN(c, s) = σ(s)·(c − μ(c))/σ(c) + μ(s), with per-sample, per-channel mean μ and standard
     deviation σ = sqrt(var + eps) over the spatial positions (biased variance, as
-    ``nn.InstanceNorm2d``). The statistics are computed in at least float32 and the result is
+    ``nn.InstanceNorm2d``). NaN/inf in either input raises ``ValueError`` naming it (one
+    device→host read). The statistics are computed in at least float32 and the result is
     cast back to ``content``'s dtype. A constant content channel maps to μ(s) (finite values and
     gradients). Channels with values beyond 2**60 are rescaled by a power of two before the
     statistics (exact, and no overflow in the variance: features of magnitude 1e20 give finite
@@ -53,6 +60,9 @@ def adain(content: torch.Tensor, style: torch.Tensor, eps: float = 1e-5) -> torc
     check_tensor(content, "content", "(B, C, H, W)", floating=True)
     check_tensor(style, "style", "(B, C, h, w)", sizes=(None, content.shape[1], None, None))
     check_same_batch(content, "content", style, "style")
+    raise_bad_data([finite_check(content, "content"), finite_check(style, "style")])
+    if content.shape[0] == 0:
+        return content * 1  # an empty batch: an empty result, still in the graph
     compute = torch.promote_types(content.dtype, torch.float32)
     c, s = content.to(compute), style.to(compute)
     c_scale, s_scale = _overflow_scale(c), _overflow_scale(s)
@@ -193,6 +203,9 @@ class FANIntegrationLayer(nn.Module):
             x, "x", "(B, Cl, h, w)", sizes=(None, self.fan_channels, None, None), floating=True
         )
         check_same_batch(y, "y", x, "x")
+        check_module_input(y, "y", self)
+        check_module_input(x, "x", self)
+        raise_bad_data([finite_check(y, "y"), finite_check(x, "x")])
         if not self.learnable_gamma and self.gamma == 0:
             return y
         x = x.to(y.dtype)

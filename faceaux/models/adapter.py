@@ -31,9 +31,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from faceaux._checks import check_positive_int, check_tensor
+from faceaux._checks import check_positive_int
 from faceaux.models.embedding_head import POOLINGS, EmbeddingHead
-from faceaux.models.features import Tap, resolve_indices
+from faceaux.models.features import Tap, check_images, resolve_indices
 
 __all__ = ["BackboneAdapter"]
 
@@ -279,13 +279,13 @@ class BackboneAdapter(nn.Module):
         stage itself (a single residual block's branches are not blocks)."""
         return tuple(self.feature_info[index]["blocks"])
 
-    def forward_stages(self, x: torch.Tensor, tap: Tap | None = None) -> torch.Tensor:
+    def forward_stages(self, images: torch.Tensor, tap: Tap | None = None) -> torch.Tensor:
         """Run the network, calling ``tap(name, feature)`` after every block and stage.
 
         Returns the last stage's output (after its tap); with ``head=None`` the network's own
         output.
         """
-        check_tensor(x, "images", "(B, C, H, W)", floating=True)
+        check_images(self, images)
         key = id(self._context)
         frames = _frames()
         if key in frames:
@@ -293,7 +293,7 @@ class BackboneAdapter(nn.Module):
         frame = frames[key] = {"tap": tap, "last": None, "stop": self.stop_early}
         output = None
         try:
-            output = self.model(x)
+            output = self.model(images)
         except _StopForward as stop:
             if stop.args[0] != key:
                 raise
@@ -305,13 +305,13 @@ class BackboneAdapter(nn.Module):
             )
         return output if self.head is None else frame["last"]
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """The last stage's output."""
-        return self.forward_stages(x)
+        return self.forward_stages(images)
 
     def forward_intermediates(
         self,
-        x: torch.Tensor,
+        images: torch.Tensor,
         indices: int | Sequence[int] | None = None,
         *,
         stop_early: bool = False,
@@ -334,7 +334,7 @@ class BackboneAdapter(nn.Module):
                 captured[names[name]] = feature
             return feature
 
-        final = self.forward_stages(x, record)
+        final = self.forward_stages(images, record)
         ordered = [captured[i] for i in wanted]
         return ordered if intermediates_only else (final, ordered)
 
@@ -342,8 +342,9 @@ class BackboneAdapter(nn.Module):
         """The output stage: last stage's map → (B, D) (the identity with ``head=None``)."""
         return features if self.head is None else self.head(features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_stages(x))
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """The embedding (B, D) (with ``head=None``: the network's output) of ``images``."""
+        return self.forward_head(self.forward_stages(images))
 
     def extra_repr(self) -> str:
         stages = [f["module"] for f in self.feature_info]

@@ -30,7 +30,79 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-__all__ = ["StagedBackbone", "Tap", "resolve_indices"]
+from faceaux._checks import (
+    check_batch_for_training,
+    check_module_input,
+    check_tensor,
+    finite_check,
+    raise_bad_data,
+)
+
+__all__ = ["MAX_PIXEL", "StagedBackbone", "Tap", "check_images", "resolve_indices"]
+
+MAX_PIXEL = 1e6
+"""The largest ``|value|`` :func:`check_images` accepts in images (any normalisation of 8-bit
+images, even raw 0–255, stays far below it).
+
+Shape:
+    A ``float``.
+"""
+
+
+def check_images(
+    module: nn.Module,
+    images: object,
+    name: str = "images",
+    sizes: Sequence[int | None] | None = None,
+    one_sample_ok: bool = False,
+) -> None:
+    """The checks every recognizer runs on its images; ``ValueError`` naming ``name``.
+
+    - a floating ``(B, C, H, W)`` tensor (``sizes`` as :func:`faceaux._checks.check_tensor`),
+      on the module's device and, outside ``torch.autocast``, of its dtype;
+    - in training mode, ``B ≥ 2`` (the output stage's BatchNorm1d estimates statistics over the
+      batch), unless ``one_sample_ok`` (networks whose BatchNorms all see spatial maps);
+    - data (one device→host read, skipped under compile/export and for meta tensors): no
+      NaN/inf, ``|value| ≤`` :data:`MAX_PIXEL`, and in training mode not one constant value
+      over the whole batch. Such a batch (all-black images, or values so large that the first
+      BatchNorm's variance overflows) gives every BatchNorm a zero batch variance, and the
+      backward pass multiplies the gradient by 1/√eps ≈ 316 at each of them until it overflows:
+      PyTorch's BatchNorm behaviour, which no finite gradient can come out of.
+
+    Shape:
+        images: ``(B, C, H, W)``; returns nothing.
+    """
+    check_tensor(images, name, "(B, C, H, W)", sizes=sizes, floating=True)
+    check_module_input(images, name, module)
+    if images.shape[0] == 0:
+        return
+    if module.training and not one_sample_ok:
+        check_batch_for_training(module, images, name)
+    shape = tuple(images.shape)
+    checks = [
+        finite_check(images, name),
+        (
+            (images.detach().abs() > MAX_PIXEL).sum(),
+            lambda n: (
+                f"{name}: expected image values with |x| ≤ {MAX_PIXEL:g} (a normalised "
+                f"image), received {n} larger entries in shape {shape}"
+            ),
+        ),
+    ]
+    if module.training:
+        flat = images.detach()
+        checks.append(
+            (
+                (flat.amax() == flat.amin()).to(torch.int64),
+                lambda n: (
+                    f"{name}: a training batch of shape {shape} holds one constant value: "
+                    "every BatchNorm then sees zero variance and the gradients overflow; drop such "
+                    "batches (or call .eval())"
+                ),
+            )
+        )
+    raise_bad_data(checks)
+
 
 Tap = Callable[[str, torch.Tensor], torch.Tensor]
 """A stage tap: ``tap(module_name, feature) -> feature`` (return the feature to leave it)."""
@@ -125,20 +197,20 @@ class StagedBackbone(nn.Module):
             x = tap(info["module"], x)
         return x
 
-    def forward_stages(self, x: torch.Tensor, tap: Tap | None = None) -> torch.Tensor:
+    def forward_stages(self, images: torch.Tensor, tap: Tap | None = None) -> torch.Tensor:
         """Stem and every stage, calling ``tap(name, feature)`` after each block and stage."""
-        x = self.forward_stem(x)
+        x = self.forward_stem(images)
         for index in range(self.num_stages):
             x = self._run_stage(index, x, tap)
         return x
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """The last stage's feature map (the output stage's input)."""
-        return self.forward_stages(x)
+        return self.forward_stages(images)
 
     def forward_intermediates(
         self,
-        x: torch.Tensor,
+        images: torch.Tensor,
         indices: int | Sequence[int] | None = None,
         *,
         stop_early: bool = False,
@@ -148,7 +220,7 @@ class StagedBackbone(nn.Module):
         """timm's ``forward_intermediates``: the final map and the outputs of stages ``indices``.
 
         Args:
-            x: input images.
+            images: input images.
             indices: ``None`` (all stages), an int n (the last n) or a list of stage indices.
             stop_early: stop after the last requested stage (the returned final map is then
                 that stage's output).
@@ -160,7 +232,7 @@ class StagedBackbone(nn.Module):
         wanted = resolve_indices(indices, self.num_stages)
         last = max(wanted) if (stop_early or intermediates_only) else self.num_stages - 1
         outputs: dict[int, torch.Tensor] = {}
-        x = self.forward_stem(x)
+        x = self.forward_stem(images)
         for index in range(last + 1):
             x = self._run_stage(index, x, None)
             if index in wanted:
@@ -168,5 +240,6 @@ class StagedBackbone(nn.Module):
         ordered = [outputs[i] for i in wanted]
         return ordered if intermediates_only else (x, ordered)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """The embedding (B, D) of ``images`` (B, C, H, W)."""
+        return self.forward_head(self.forward_features(images))

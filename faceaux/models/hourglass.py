@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from faceaux._checks import check_tensor
+from faceaux.models.features import check_images
 
 __all__ = [
     "FAN",
@@ -280,7 +280,7 @@ class StackedHourGlass(nn.Module):
         return keys
 
     def _check_input(self, x: torch.Tensor) -> None:
-        check_tensor(x, "x", "(B, C, H, W)", sizes=(None, self.in_channels, None, None))
+        check_images(self, x, "x", sizes=(None, self.in_channels, None, None), one_sample_ok=True)
         multiple = 4 * 2**self.depth
         if x.shape[-2] % multiple or x.shape[-1] % multiple:
             raise ValueError(

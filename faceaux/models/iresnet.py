@@ -30,10 +30,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from faceaux._checks import check_tensor
 from faceaux.layers.gnap import GNAP
 from faceaux.models.embedding_head import POOLINGS, EmbeddingHead
-from faceaux.models.features import StagedBackbone
+from faceaux.models.features import StagedBackbone, check_images
 from faceaux.models.registry import register_model
 
 __all__ = [
@@ -214,13 +213,7 @@ class IResNet(StagedBackbone):
     def forward_stem(self, images: torch.Tensor) -> torch.Tensor:
         """conv1 → bn1 → prelu: (B, in_channels, H, W) → (B, widths[0], H, W)."""
         sizes = (None, self.in_channels, *self.input_size) if self.pooling == "fc" else None
-        check_tensor(
-            images,
-            "images",
-            "(B, C, H, W)",
-            sizes=sizes or (None, self.in_channels, None, None),
-            floating=True,
-        )
+        check_images(self, images, sizes=sizes or (None, self.in_channels, None, None))
         return self.prelu(self.bn1(self.conv1(images)))
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:

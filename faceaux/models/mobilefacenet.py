@@ -26,10 +26,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from faceaux._checks import check_tensor
 from faceaux.layers.gnap import GNAP
 from faceaux.models.embedding_head import EmbeddingHead
-from faceaux.models.features import StagedBackbone
+from faceaux.models.features import StagedBackbone, check_images
 from faceaux.models.registry import register_model
 
 __all__ = ["MOBILEFACENET_SETTING", "ConvBN", "InvertedResidual", "MobileFaceNet"]
@@ -198,13 +197,7 @@ class MobileFaceNet(StagedBackbone):
 
     def forward_stem(self, images: torch.Tensor) -> torch.Tensor:
         """conv1 (stride 2) → depthwise conv2_dw: (B, 3, H, W) → (B, 64, H/2, W/2)."""
-        check_tensor(
-            images,
-            "images",
-            "(B, C, H, W)",
-            sizes=(None, self.in_channels, None, None),
-            floating=True,
-        )
+        check_images(self, images, sizes=(None, self.in_channels, None, None))
         return self.conv2_dw(self.conv1(images))
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:

@@ -41,9 +41,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from faceaux._checks import check_tensor
 from faceaux.layers.attributes import CELEBA_FACE_ATTRIBUTES, AttributeHead
-from faceaux.models.features import StagedBackbone
+from faceaux.models.features import StagedBackbone, check_images
 from faceaux.models.registry import register_model
 
 __all__ = ["MultiTaskBlock", "MultiTaskFaceNet"]
@@ -159,13 +158,7 @@ class MultiTaskFaceNet(StagedBackbone):
 
     def forward_stem(self, images: torch.Tensor) -> torch.Tensor:
         """Two plain 3×3 convs and a max-pool: (B, 3, 112, 96) → (B, 64, 54, 46)."""
-        check_tensor(
-            images,
-            "images",
-            "(B, C, H, W)",
-            sizes=(None, self.in_channels, *self.input_size),
-            floating=True,
-        )
+        check_images(self, images, sizes=(None, self.in_channels, *self.input_size))
         return self.stem(images)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,7 @@ from faceaux.layers.geometry import warp
 from faceaux.layers.heatmaps import HeatmapStacker, render_heatmaps
 from faceaux.layers.integration import FANIntegrationLayer, expand_input_channels
 from faceaux.layers.parts import PartMaskPooling, StructureCorrelation
+from faceaux.models.features import check_images
 
 __all__ = ["FaceRecognizer"]
 
@@ -516,13 +517,7 @@ class FaceRecognizer(nn.Module):
         fan_features: Mapping[str, torch.Tensor] | None,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """One pass: the output dict and the backbone's last stage map."""
-        check_tensor(
-            images,
-            "images",
-            "(B, C, H, W)",
-            sizes=(None, self.image_channels, None, None),
-            floating=True,
-        )
+        check_images(self, images, sizes=(None, self.image_channels, None, None))
         out: dict[str, Any] = {}
         x, matrix = images, None
         if self.align is not None:

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
+from faceaux.conventions import PARSING_CLASSES
 from faceaux.data import NUISANCE_ATTRIBUTES
 from faceaux.data._counter_random import counter_hash, counter_normal, counter_uniform
 from faceaux.data.synthetic import (
-    PARSING_CLASSES,
     SYNTHETIC_ATTRIBUTES,
     SyntheticFaces,
     make_pairs,

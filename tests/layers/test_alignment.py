@@ -17,14 +17,8 @@ from alignment_images import smooth_shapes
 from checks import assert_compiles, assert_cuda_parity
 from torch import nn
 
-import faceaux.layers.alignment as alignment
-from faceaux.alignment import (
-    SpatialTransformerAlign,
-    param_groups,
-    theta_regularization,
-    transform_matrix,
-    warp,
-)
+from faceaux.layers.alignment import SpatialTransformerAlign, param_groups, theta_regularization
+from faceaux.layers.geometry import transform_matrix, warp
 
 LEARNED = ["translation", "similarity", "affine", "projective"]
 
@@ -378,15 +372,6 @@ def test_onnx_export_matches_eager(transform: str) -> None:
     torch.testing.assert_close(torch.from_numpy(got), expected, atol=1e-4, rtol=0)
 
 
-def test_reexports_are_the_same_objects() -> None:
-    import faceaux.alignment
-    import faceaux.layers.geometry as geometry
-
-    for name in faceaux.alignment.__all__:
-        source = alignment if hasattr(alignment, name) else geometry
-        assert getattr(faceaux.alignment, name) is getattr(source, name)
-
-
 # --- robustness (issue 13) ----------------------------------------------------------------------
 
 
@@ -450,3 +435,20 @@ def test_theta_regularization_empty_batch_and_non_finite_matrices() -> None:
         theta_regularization(bad)
     with pytest.raises(ValueError, match=r"^lr: expected a positive learning rate"):
         param_groups(SpatialTransformerAlign(output_size=(8, 8)), lr=float("inf"))
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_identity_centre_crop_is_the_paper_baseline(align_corners: bool) -> None:
+    """§3.3: the identity setting crops the detected face region at the centre."""
+    x = torch.rand(2, 3, 64, 60)
+    stn = SpatialTransformerAlign(
+        "identity", output_size=(48, 40), crop_size=(48, 40), align_corners=align_corners
+    )
+    torch.testing.assert_close(stn(x), x[:, :, 8:56, 10:50], atol=1e-5, rtol=0)
+    bigger = SpatialTransformerAlign("identity", output_size=(24, 20), crop_size=(48, 40))
+    expected = F.interpolate(x[:, :, 8:56, 10:50], size=(24, 20), mode="bilinear")
+    torch.testing.assert_close(bigger(x), expected, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="crop_size"):
+        SpatialTransformerAlign("affine", crop_size=(48, 40))
+    with pytest.raises(ValueError, match="larger than the input"):
+        stn(torch.rand(1, 3, 32, 32))

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from faceaux.alignment import (
+from faceaux.layers.geometry import (
     ARCFACE_TEMPLATE_112,
     TRANSFORM_PARAMETERS,
     from_pixel_matrix,

@@ -11,14 +11,8 @@ from checks import assert_compiles, assert_cuda_parity, gradcheck_f64
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from faceaux.heatmaps import (
-    FIVE_POINT,
-    INTERNAL_51,
-    LANDMARKS_68,
-    HeatmapStacker,
-    heatmaps_to_landmarks,
-    render_heatmaps,
-)
+from faceaux.conventions import FIVE_POINT, INTERNAL_51, LANDMARKS_68
+from faceaux.layers.heatmaps import HeatmapStacker, heatmaps_to_landmarks, render_heatmaps
 
 
 def reference_render(landmarks: torch.Tensor, size: tuple[int, int], sigma: float) -> torch.Tensor:
