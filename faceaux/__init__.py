@@ -5,8 +5,14 @@ norm-aware pooling) into any recognition network, next to the margin heads they 
 """
 
 from faceaux.conventions import FIVE_POINT, INTERNAL_51, LANDMARKS_68
-from faceaux.data import ImageFolderFaces, SyntheticFaces, load_verification_bin, make_pairs
-from faceaux.eval import extract_embeddings, verification_metrics
+from faceaux.data import (
+    ImageFolderFaces,
+    RecordFaces,
+    SyntheticFaces,
+    load_verification_bin,
+    make_pairs,
+)
+from faceaux.eval import evaluate_ijb, extract_embeddings, verification_metrics
 from faceaux.heads import (
     AdaFace,
     AdaFaceMargin,
@@ -89,6 +95,7 @@ __all__ = [
     "NormSoftmax",
     "PartMaskPooling",
     "PartialFC",
+    "RecordFaces",
     "SpatialTransformerAlign",
     "SphereFace",
     "StructureCorrelation",
@@ -99,6 +106,7 @@ __all__ = [
     "adain",
     "attribute_loss",
     "create_model",
+    "evaluate_ijb",
     "expand_input_channels",
     "extract_embeddings",
     "from_pixel_matrix",
