@@ -10,7 +10,9 @@ landmark similarity) lives in :mod:`faceaux.layers.geometry`.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 
 import torch
 import torch.nn.functional as F
@@ -32,32 +34,121 @@ from faceaux.layers.geometry import (
     transform_matrix,
 )
 
-__all__ = ["SpatialTransformerAlign", "param_groups", "theta_regularization"]
+__all__ = [
+    "LOCALIZATION_SETTINGS",
+    "SpatialTransformerAlign",
+    "param_groups",
+    "theta_regularization",
+]
+
+LOCALIZATION_SETTINGS: Mapping[int, Mapping[str, object]] = MappingProxyType(
+    {
+        1: MappingProxyType({"loc_channels": (32,), "loc_hidden": None}),
+        2: MappingProxyType({"loc_channels": (32, 64), "loc_hidden": None}),
+        3: MappingProxyType({"loc_channels": (32, 64, 128), "loc_hidden": None}),
+        4: MappingProxyType({"loc_channels": (32, 64), "loc_hidden": 128}),
+        5: MappingProxyType({"loc_channels": (32, 64, 128), "loc_hidden": 128}),
+    }
+)
+"""Tang et al. 2020, Table 2: the five localisation networks, as ``SpatialTransformerAlign``
+arguments (``SpatialTransformerAlign("affine", **LOCALIZATION_SETTINGS[5])``).
+
+Setting ``n`` is its conv blocks (3×3 conv → BN → ReLU → 2×2 max-pool, §3.1) and its fully
+connected layers, the regressor of the transform's parameters counted as one of them ("1 FC":
+the regressor alone; "2 FC": a 128-wide hidden layer, then the regressor): 1 = 1 conv + 1 FC,
+2 = 2 conv + 1 FC, 3 = 3 conv + 1 FC (the paper's choice, and the default), 4 = 2 conv + 2 FC,
+5 = 3 conv + 2 FC. The paper gives no widths; ours are 32, 64, 128 channels and 128 hidden
+units. Parameters of a projective localisation network at 64×64 (``loc_input_size``): setting
+1 263,080; 2 150,568; 3 159,016; 4 2,117,800; 5 1,143,208 — setting 5 needs more parameters
+than 3, as §3.2 says.
+
+Shape:
+    A read-only ``dict`` ``setting → {"loc_channels": tuple, "loc_hidden": int | None}``; no
+    tensors.
+"""
+
+
+_PIXEL_FRAME_KINDS = ("similarity", "translation")
+
+
+def _half_extent(steps: int, align_corners: bool) -> float:
+    """Pixels from an axis' centre to its normalised coordinate 1 (``warp``'s convention)."""
+    if align_corners:
+        return 1.0 if steps == 1 else (steps - 1) / 2
+    return steps / 2
+
+
+def _similarity_frame(
+    in_size: tuple[int, int], out_size: tuple[int, int], align_corners: bool = False
+) -> torch.Tensor:
+    """Elementwise factors taking a pixel-frame similarity to a normalised ``warp`` matrix.
+
+    ``"similarity"`` and ``"translation"`` are parameterised in frames with the *same* unit on
+    both axes (centred pixel coordinates divided by one length per image), so that every
+    parameter value is a similarity (a translation) in pixels, whatever the aspect ratios. The
+    output frame's unit is ``u_out = min(h', w')`` and the input frame's
+    ``u_in = u_out · min(H' / h', W' / w')``, where ``H'`` … are half-extents (``H / 2``, or
+    ``(H − 1) / 2`` with ``align_corners=True``). The identity parameters are then the
+    largest centred region of the output's aspect ratio inside the input, resampled — the plain
+    resize when input and output have the same aspect ratio (the paper's square crops), a
+    centred crop of the input otherwise. With ``a = (u_in / W', u_in / H', 1)`` and
+    ``b = (w' / u_out, h' / u_out, 1)`` the normalised matrix is
+    ``diag(a) · M_frame · diag(b)``, i.e. ``M_frame * outer(a, b)``: this function returns
+    ``outer(a, b)``.
+
+    Args:
+        in_size: ``(H, W)`` of the input images.
+        out_size: ``(h, w)`` of the output.
+        align_corners: the ``warp`` convention.
+
+    Shape:
+        output: ``(3, 3)`` float64 factors (exactly 1 where the sizes are square).
+    """
+    (in_h, in_w), (out_h, out_w) = (
+        tuple(_half_extent(s, align_corners) for s in size) for size in (in_size, out_size)
+    )
+    unit_out = min(out_h, out_w)
+    unit_in = min(in_h * unit_out / out_h, in_w * unit_out / out_w)
+    a = torch.tensor([unit_in / in_w, unit_in / in_h, 1.0], dtype=torch.float64)
+    b = torch.tensor([out_w / unit_out, out_h / unit_out, 1.0], dtype=torch.float64)
+    return torch.outer(a, b)
 
 
 class SpatialTransformerAlign(nn.Module):
     """Warp each face with a transform regressed from the face itself (a spatial transformer).
 
-    Tang et al. 2020, §3.1–§3.3. The localisation network is the paper's setting 3 (§3.2,
-    Table 2): the input resized to ``loc_input_size`` (64×64 in the paper), three blocks of
-    3×3 conv → BatchNorm → ReLU → 2×2 max-pool, a fully-connected layer, then the layer that
-    regresses the transform's parameters (8 projective, 6 affine, 4 similarity — §3.1). Table 2
-    does not say whether its "1FC" counts that regressor: we read it as one hidden FC plus the
-    regressor (``loc_hidden=128``); ``loc_hidden=None`` gives the other reading. The
-    warp is :func:`~faceaux.layers.geometry.warp` (eqs. 1–2).
+    Tang et al. 2020, §3.1–§3.3. The localisation network is by default the paper's setting 3
+    (§3.2, Table 2): the input resized to ``loc_input_size`` (64×64 in the paper), three blocks
+    of 3×3 conv → BatchNorm → ReLU → 2×2 max-pool, then one fully-connected layer that
+    regresses the transform's parameters (8 projective, 6 affine, 4 similarity — §3.1: "the
+    fully connected layer is connected before the geometric parameter transformation layer").
+    Table 2 counts that regressor as its "1 FC"; ``loc_hidden=128`` adds a hidden FC in front of
+    it (a "2 FC" setting). :data:`LOCALIZATION_SETTINGS` lists all five settings as arguments.
+    The warp is :func:`~faceaux.layers.geometry.warp` (eqs. 1–2).
 
     Parameterisation: the regressor outputs the paper's own quantities — similarity
     ``(λ, α, t1, t2)`` with the scale ``λ`` itself (eq. 6), affine ``θ11…θ23``, projective
-    ``θ11…θ32`` with ``θ33 = 1`` (eq. 1) — in normalised coordinates. Its weight starts at zero
-    and its bias at the identity's parameters, so at initialisation the output is exactly the
-    plain resize of the input to ``output_size`` (``F.interpolate``, bilinear, same
-    ``align_corners``) — for any output size with ``padding_mode="border"``, and with any padding
-    when the output is no larger than the input (then no sample falls outside it; upsampling
-    with ``"zeros"`` fades the outermost half pixel toward 0). ``transform="identity"`` has no
-    localisation network: the output is always that resize, or with ``crop_size`` a fixed centre
-    crop resized to ``output_size`` — the paper's unaligned baseline (§3.3: "the detected face
-    region is directly cropped at the center"). Train the localisation network with a 10–100×
-    smaller learning rate (§4); :func:`param_groups` builds the optimiser groups.
+    ``θ11…θ32`` with ``θ33 = 1`` (eq. 1). Affine and projective parameters live in normalised
+    coordinates (a family closed under per-axis scaling). The similarity and the translation
+    live in frames with one unit on both axes (centred pixels divided by one length per image,
+    see ``_similarity_frame``), so they are a similarity and a translation *in pixels* for any
+    input and output aspect ratio — e.g. a classical 5-point similarity onto a 112×96 template
+    is represented exactly (eq. 6 is a pixel similarity; in normalised coordinates of a
+    non-square image it would be a skewed affine map).
+
+    Initialisation: the regressor's weight starts at zero and its bias at the identity's
+    parameters. For ``"affine"``/``"projective"`` the output is then exactly the plain resize of
+    the input to ``output_size`` (``F.interpolate``, bilinear, same ``align_corners``). For
+    ``"similarity"``/``"translation"`` it is the largest centred region of the output's aspect
+    ratio inside the input, resampled — the same plain resize whenever input and output have
+    the same aspect ratio (e.g. square crops). Either holds for any output size with
+    ``padding_mode="border"``, and with any padding when no sample falls outside the input
+    (upsampling with ``"zeros"`` fades the outermost half pixel toward 0).
+    ``transform="identity"`` has no localisation network: the output is always that resize,
+    or with ``crop_size`` a fixed centre crop resized to ``output_size`` — the paper's unaligned
+    baseline (§3.3: "the detected face region is directly cropped at the center"). Train the
+    localisation network with a 10–100× smaller learning rate (§4); :func:`param_groups` builds
+    the optimiser groups.
 
     Bad input: a NaN/inf pixel raises ``ValueError`` (one device→host read) before the
     localisation network sees it, so its BatchNorm running statistics never absorb it (the read
@@ -73,7 +164,8 @@ class SpatialTransformerAlign(nn.Module):
         loc_input_size: ``(h, w)`` the localisation network sees; each side must be divisible
             down to at least 1 by ``2 ** len(loc_channels)``.
         loc_channels: output channels of the conv blocks (three in the paper's setting 3).
-        loc_hidden: width of the fully-connected layer before the regressor; ``None`` regresses
+        loc_hidden: width of a hidden fully-connected layer (+ ReLU) before the regressor
+            (Table 2's "2 FC" settings 4 and 5); ``None`` (setting 3, the default) regresses
             directly from the flattened conv features.
         align_corners: the ``F.grid_sample`` convention (``False``: ``±1`` on pixel edges).
         padding_mode: ``"zeros"``, ``"border"`` or ``"reflection"`` outside the input.
@@ -106,7 +198,7 @@ class SpatialTransformerAlign(nn.Module):
         in_channels: int = 3,
         loc_input_size: tuple[int, int] = (64, 64),
         loc_channels: Sequence[int] = (32, 64, 128),
-        loc_hidden: int | None = 128,
+        loc_hidden: int | None = None,
         align_corners: bool = False,
         padding_mode: str = "zeros",
         mode: str = "bilinear",
@@ -177,25 +269,58 @@ class SpatialTransformerAlign(nn.Module):
         self.reset_transform()
 
     @torch.no_grad()
-    def reset_transform(self, matrix: torch.Tensor | None = None) -> None:
+    def reset_transform(
+        self, matrix: torch.Tensor | None = None, in_size: tuple[int, int] | None = None
+    ) -> None:
         """Make the localisation network output one fixed matrix: regressor weight 0, bias = it.
 
         Args:
             matrix: ``(3, 3)`` or ``(1, 3, 3)`` normalised output → input matrix (e.g. from
                 :func:`~faceaux.layers.geometry.from_pixel_matrix` of a classical 5-point
-                alignment); ``None`` is the identity. It is projected onto this module's
-                transform kind (:func:`~faceaux.layers.geometry.params_from_matrix`).
+                alignment); ``None`` is the identity parameters. It is projected onto this
+                module's transform kind (:func:`~faceaux.layers.geometry.params_from_matrix`);
+                a ``UserWarning`` says when that changes it (e.g. a similarity matrix given for
+                another input size than ``in_size``).
+            in_size: ``(H, W)`` of the images the matrix was made for. Only ``"similarity"``
+                and ``"translation"`` need it (their pixel frames depend on the input's aspect
+                ratio); ``None`` assumes an input of ``output_size``'s aspect ratio.
+
+        Shape:
+            matrix: ``(3, 3)`` or ``(1, 3, 3)``; returns nothing.
         """
         if self.regressor is None:
             raise ValueError("reset_transform: transform='identity' has no localisation network")
-        if matrix is None:
-            matrix = torch.eye(3)
+        if matrix is None:  # the identity parameters (in the pixel frame for a similarity)
+            self.regressor.weight.zero_()
+            self.regressor.bias.copy_(params_from_matrix(torch.eye(3)[None], self.transform)[0])
+            return
         if not isinstance(matrix, torch.Tensor) or tuple(matrix.shape) not in ((3, 3), (1, 3, 3)):
             shape = tuple(matrix.shape) if isinstance(matrix, torch.Tensor) else type(matrix)
             raise ValueError(f"matrix: expected shape (3, 3) or (1, 3, 3), received {shape}")
-        bias = params_from_matrix(matrix.reshape(1, 3, 3).to(self.regressor.bias), self.transform)
+        matrix = matrix.detach().cpu().reshape(1, 3, 3).to(torch.float64)
+        if self.transform in _PIXEL_FRAME_KINDS:
+            size = self.output_size if in_size is None else _check_size(in_size, "in_size")
+            matrix = matrix / _similarity_frame(size, self.output_size, self.align_corners)
+        params = params_from_matrix(matrix, self.transform)
+        kept = transform_matrix(params, self.transform)
+        if self.transform == "projective":
+            matrix = matrix / matrix[:, 2:, 2:]
+        change = (kept - matrix).abs().max().item()
+        if change > 1e-6 * max(1.0, matrix.abs().max().item()):
+            warnings.warn(
+                f"reset_transform: the matrix is not a {self.transform!r} transform"
+                + (" in the pixel frame of the given in_size" if in_size is not None else "")
+                + f"; it was projected onto the nearest one (entries moved by up to {change:.3g})"
+                + (
+                    "; pass in_size=(H, W) of the images it was made for"
+                    if in_size is None and self.transform in _PIXEL_FRAME_KINDS
+                    else ""
+                ),
+                UserWarning,
+                stacklevel=2,
+            )
         self.regressor.weight.zero_()
-        self.regressor.bias.copy_(bias[0])
+        self.regressor.bias.copy_(params[0].to(self.regressor.bias))
 
     def predict_matrix(self, x: torch.Tensor) -> torch.Tensor:
         """Regress the ``(B, 3, 3)`` output → input matrices for ``x`` ``(B, C, H, W)``.
@@ -224,7 +349,11 @@ class SpatialTransformerAlign(nn.Module):
             small = F.interpolate(x, size=self.loc_input_size, mode="bilinear", align_corners=False)
         params = self.regressor(self.localization(small))
         params = params.to(torch.promote_types(params.dtype, torch.float32))
-        return transform_matrix(params, self.transform)
+        matrix = transform_matrix(params, self.transform)
+        if self.transform in _PIXEL_FRAME_KINDS:  # pixel-frame similarity → normalised matrix
+            frame = _similarity_frame(tuple(x.shape[-2:]), self.output_size, self.align_corners)
+            matrix = matrix * frame.to(device=matrix.device, dtype=matrix.dtype)
+        return matrix
 
     def _crop_scale(self, x: torch.Tensor) -> torch.Tensor:
         """diag(sx, sy, 1): the normalised output → input map of a centred crop_size crop."""

@@ -17,8 +17,21 @@ from alignment_images import smooth_shapes
 from checks import assert_compiles, assert_cuda_parity
 from torch import nn
 
-from faceaux.layers.alignment import SpatialTransformerAlign, param_groups, theta_regularization
-from faceaux.layers.geometry import transform_matrix, warp
+from faceaux.layers.alignment import (
+    LOCALIZATION_SETTINGS,
+    SpatialTransformerAlign,
+    _similarity_frame,
+    param_groups,
+    theta_regularization,
+)
+from faceaux.layers.geometry import (
+    ARCFACE_TEMPLATE_112,
+    from_pixel_matrix,
+    similarity_from_landmarks,
+    to_pixel_matrix,
+    transform_matrix,
+    warp,
+)
 
 LEARNED = ["translation", "similarity", "affine", "projective"]
 
@@ -54,6 +67,8 @@ def one_thread() -> Iterator[None]:
 
 
 def test_localisation_network_is_setting_3() -> None:
+    """Table 2's setting 3 (the paper's choice): three conv blocks, then the regressor itself
+    as the one FC (§3.1: the FC layer is connected before the parameter layer)."""
     stn = SpatialTransformerAlign("projective")  # the defaults: 64×64 input, three conv blocks
     layers = list(stn.localization)
     convs = [m for m in layers if isinstance(m, nn.Conv2d)]
@@ -65,14 +80,32 @@ def test_localisation_network_is_setting_3() -> None:
     kinds = [type(m) for m in layers[:12]]
     assert kinds == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d] * 3
     assert all(m.kernel_size == 2 for m in layers if isinstance(m, nn.MaxPool2d))
-    linears = [m for m in layers if isinstance(m, nn.Linear)]
+    assert not [m for m in layers if isinstance(m, nn.Linear)]  # no hidden FC
+    assert (stn.regressor.in_features, stn.regressor.out_features) == (128 * 8 * 8, 8)
+    assert stn.localization(torch.rand(2, 3, 64, 64)).shape == (2, 128 * 8 * 8)
+    assert sum(p.numel() for p in stn.parameters()) == 159_016
+    hidden = SpatialTransformerAlign("affine", loc_hidden=128)
+    linears = [m for m in hidden.localization if isinstance(m, nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(128 * 8 * 8, 128)]
-    assert (stn.regressor.in_features, stn.regressor.out_features) == (128, 8)
-    features = stn.localization(torch.rand(2, 3, 64, 64))
-    assert features.shape == (2, 128)
-    no_hidden = SpatialTransformerAlign("affine", loc_hidden=None)
-    assert no_hidden.regressor.in_features == 128 * 8 * 8
-    assert no_hidden.regressor.out_features == 6
+    assert (hidden.regressor.in_features, hidden.regressor.out_features) == (128, 6)
+
+
+@pytest.mark.parametrize(
+    ("setting", "convs", "fcs", "count"),
+    [(1, 1, 1, 263_080), (2, 2, 1, 150_568), (3, 3, 1, 159_016), (4, 2, 2, 2_117_800),
+     (5, 3, 2, 1_143_208)],
+)  # fmt: skip
+def test_table_2_settings(setting: int, convs: int, fcs: int, count: int) -> None:
+    """Each setting of Table 2 by name: its conv blocks and FC layers (regressor included)."""
+    with torch.device("meta"):
+        stn = SpatialTransformerAlign("projective", **LOCALIZATION_SETTINGS[setting])
+    layers = [*stn.localization, stn.regressor]
+    assert sum(isinstance(m, nn.Conv2d) for m in layers) == convs
+    assert sum(isinstance(m, nn.Linear) for m in layers) == fcs
+    assert sum(p.numel() for p in stn.parameters()) == count
+    assert LOCALIZATION_SETTINGS[3] == {"loc_channels": (32, 64, 128), "loc_hidden": None}
+    with pytest.raises(TypeError):
+        LOCALIZATION_SETTINGS[3]["loc_hidden"] = 1  # read-only
 
 
 @pytest.mark.parametrize("transform", LEARNED)
@@ -88,24 +121,52 @@ def test_initialisation_is_exactly_the_identity(transform: str) -> None:
 def test_identity_init_output_equals_plain_resize(
     transform: str, train: bool, dtype: torch.dtype
 ) -> None:
+    """Input and output of one aspect ratio (40×35 → 24×21): every kind starts as the resize."""
     stn = small_stn(transform, output_size=(24, 21)).to(dtype).train(train)
-    x = smooth_shapes(3, 3, 40, 34, seed=1, dtype=dtype)
+    x = smooth_shapes(3, 3, 40, 35, seed=1, dtype=dtype)
     aligned, matrix = stn(x, return_matrix=True)
     resized = F.interpolate(x, size=(24, 21), mode="bilinear", align_corners=False)
     atol = 1e-4 if dtype == torch.float32 else 1e-10
     torch.testing.assert_close(aligned, resized, atol=atol, rtol=0)
     assert torch.equal(matrix, torch.eye(3, dtype=dtype).expand(3, 3, 3))
     # upsampling matches F.interpolate's edge clamping with border padding, both conventions
-    for align_corners in (False, True):
+    # (same aspect ratio of the half-extents: H/h = W/w, or (H−1)/(h−1) = (W−1)/(w−1))
+    for align_corners, small, large in ((False, (40, 35), (80, 70)), (True, (41, 36), (81, 71))):
         up = (
             small_stn(
-                transform, output_size=(50, 47), padding_mode="border", align_corners=align_corners
+                transform, output_size=large, padding_mode="border", align_corners=align_corners
             )
             .to(dtype)
             .train(train)
         )
-        expected = F.interpolate(x, size=(50, 47), mode="bilinear", align_corners=align_corners)
+        x = smooth_shapes(3, 3, *small, seed=1, dtype=dtype)
+        expected = F.interpolate(x, size=large, mode="bilinear", align_corners=align_corners)
         torch.testing.assert_close(up(x), expected, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("transform", ["similarity", "translation"])
+@pytest.mark.parametrize(("in_size", "out_size"), [((128, 96), (112, 96)), ((90, 120), (112, 112))])
+def test_similarity_identity_is_the_centred_isotropic_fit(
+    transform: str, in_size: tuple, out_size: tuple, align_corners: bool
+) -> None:
+    """Other aspect ratios: the identity parameters are a pixel similarity (one scale, no
+    rotation) mapping centre to centre, the largest such region that fits in the input."""
+    stn = small_stn(transform, output_size=out_size, align_corners=align_corners).eval()
+    matrix = stn.predict_matrix(torch.rand(1, 3, *in_size))
+    pixel = to_pixel_matrix(matrix.double(), in_size, out_size, align_corners)[0]  # in → out
+    scale = pixel[0, 0]
+    torch.testing.assert_close(pixel[1, 1], scale)
+    assert pixel[0, 1] == pixel[1, 0] == 0
+    centre_in = torch.tensor([(in_size[1] - 1) / 2, (in_size[0] - 1) / 2, 1.0], dtype=torch.float64)
+    centre_out = torch.tensor([(out_size[1] - 1) / 2, (out_size[0] - 1) / 2], dtype=torch.float64)
+    torch.testing.assert_close((pixel @ centre_in)[:2], centre_out)
+    # out → in is the largest isotropic scale keeping the output's extent inside the input's
+    # (extents: n pixels, or n − 1 between the outer centres with align_corners=True)
+    pairs = zip(out_size, in_size, strict=True)
+    assert scale.item() == pytest.approx(
+        max((o - align_corners) / (i - align_corners) for o, i in pairs)
+    )
 
 
 def test_identity_transform_has_no_localisation_network() -> None:
@@ -130,13 +191,61 @@ def test_forward_is_warp_of_the_predicted_matrix(transform: str) -> None:
     # the localisation network sees the input resized to loc_input_size (64×64 in the paper)
     small = F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False)
     params = stn.regressor(stn.localization(small))
-    torch.testing.assert_close(matrix, transform_matrix(params, transform))
+    expected = transform_matrix(params, transform)
+    if transform in ("similarity", "translation"):  # parameters of a pixel-frame similarity
+        expected = expected * _similarity_frame((30, 26), (20, 18)).float()
+    torch.testing.assert_close(matrix, expected)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("transform", ["similarity", "translation"])
+def test_similarity_is_a_pixel_similarity_for_any_aspect_ratio(
+    transform: str, align_corners: bool
+) -> None:
+    """Any predicted similarity (translation) is one in pixels: input pixel → output pixel is
+    [[a, −b, tx], [b, a, ty]] ([[s, 0, tx], [0, s, ty]]) on non-square inputs and outputs."""
+    stn = small_stn(transform, output_size=(20, 14), align_corners=align_corners).eval()
+    randomise_regressor(stn, scale=0.2)
+    x = smooth_shapes(4, 3, 30, 41, seed=2)
+    matrix = stn.predict_matrix(x).double()
+    pixel = to_pixel_matrix(matrix, (30, 41), (20, 14), align_corners)
+    torch.testing.assert_close(pixel[:, 0, 0], pixel[:, 1, 1])
+    torch.testing.assert_close(pixel[:, 0, 1], -pixel[:, 1, 0])
+    assert pixel[:, 0, 1].abs().max() > 1e-3 if transform == "similarity" else True
+    if transform == "translation":
+        torch.testing.assert_close(pixel[:, 0, 1], torch.zeros(4, dtype=torch.float64))
+        torch.testing.assert_close(pixel[:, 0, 0], pixel[:1, 0, 0].expand(4))  # fixed scale
+
+
+@pytest.mark.parametrize("angle", [0.0, 8.0, -15.0])
+def test_five_point_similarity_start_on_a_non_square_crop(angle: float) -> None:
+    """The recipe of notebook 03 on a 128×96 crop and a 112×96 template: the module starts
+    exactly at the classical 5-point alignment (it used to start up to 5.68 px off)."""
+    template = ARCFACE_TEMPLATE_112 - torch.tensor([8.0, 0.0])  # the 112×96 template
+    rad = torch.tensor(angle).deg2rad()
+    cos, sin = rad.cos(), rad.sin()
+    rotation = torch.stack([torch.stack([cos, -sin]), torch.stack([sin, cos])])
+    landmarks = (template - template.mean(0)) @ rotation.T * 1.1 + torch.tensor([47.0, 63.0])
+    to_template = similarity_from_landmarks(landmarks[None], template)
+    start = from_pixel_matrix(to_template, (128, 96), (112, 96))
+    stn = SpatialTransformerAlign("similarity", output_size=(112, 96)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an exact pixel similarity: nothing is projected away
+        stn.reset_transform(start[0], in_size=(128, 96))
+    matrix = stn.predict_matrix(torch.rand(2, 3, 128, 96))
+    pixel = to_pixel_matrix(matrix.double(), (128, 96), (112, 96))[0]
+    moved = torch.cat([landmarks, torch.ones(5, 1)], dim=1).double() @ pixel.T
+    assert (moved[:, :2] - template).norm(dim=1).max() < 0.5
+    # without in_size the module assumes a 112×96-shaped input and says it projected
+    with pytest.warns(UserWarning, match="pass in_size"):
+        SpatialTransformerAlign("similarity", output_size=(112, 96)).reset_transform(start[0])
 
 
 def test_reset_transform_starts_from_a_given_matrix() -> None:
     stn = small_stn("similarity").eval()
     start = transform_matrix(torch.tensor([[0.8, 0.2, 0.1, -0.05]]), "similarity")
-    stn.reset_transform(start[0])
+    start = start * _similarity_frame((30, 26), (20, 18)).float()  # a pixel similarity
+    stn.reset_transform(start[0], in_size=(30, 26))
     x = smooth_shapes(2, 3, 30, 26, seed=3)
     aligned, matrix = stn(x, return_matrix=True)
     torch.testing.assert_close(matrix, start.expand(2, 3, 3))
