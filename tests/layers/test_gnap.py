@@ -12,25 +12,32 @@ from hypothesis import strategies as st
 from torch import nn
 
 from faceaux import GNAP, norm_aware_reweight
-from faceaux.layers.gnap import FixedGammaBatchNorm
+from faceaux.layers.gnap import FixedGammaBatchNorm, faster_fc_param_groups
 
 
-def reference_reweight(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Eqs. 1-3 written out with loops over samples and positions."""
+def reference_reweight(
+    x: torch.Tensor, eps: float = 1e-6, batch_mean: bool = False
+) -> torch.Tensor:
+    """Eqs. 1-3 written out with loops over samples and positions; ``batch_mean``: eq. 2's
+    mean over every position of every sample (InsightFace's ``mx.sym.mean(spatial_sqrt)``)."""
     batch, channels, height, width = x.shape
     out = torch.empty_like(x)
-    for b in range(batch):
-        norms = [
+    norms = [
+        [
             [
                 math.sqrt(sum(float(x[b, c, i, j]) ** 2 for c in range(channels)))
                 for j in range(width)
             ]
             for i in range(height)
         ]
-        mean = sum(sum(row) for row in norms) / (height * width)
+        for b in range(batch)
+    ]
+    sums = [sum(sum(row) for row in sample) for sample in norms]
+    for b in range(batch):
+        mean = sum(sums) / (batch * height * width) if batch_mean else sums[b] / (height * width)
         for i in range(height):
             for j in range(width):
-                out[b, :, i, j] = x[b, :, i, j] * (mean / max(norms[i][j], eps))
+                out[b, :, i, j] = x[b, :, i, j] * (mean / max(norms[b][i][j], eps))
     return out
 
 
@@ -77,6 +84,55 @@ def test_reweight_mean_is_per_sample() -> None:
     torch.testing.assert_close(norm_aware_reweight(scaled)[1:], norm_aware_reweight(x)[1:])
     local = norm_aware_reweight(x).norm(dim=1)
     torch.testing.assert_close(local, x.norm(dim=1).mean(dim=(1, 2), keepdim=True).expand_as(local))
+
+
+def test_batch_norm_mean_is_insightface_gnap() -> None:
+    """norm_mean="batch": one mean norm for the whole batch, so one sample's scale changes the
+    others' outputs; the per-sample default stays eq. 2 as written."""
+    x = torch.randn(3, 4, 5, 5, dtype=torch.float64)
+    x[2] *= 5.0
+    batch = norm_aware_reweight(x, norm_mean="batch")
+    torch.testing.assert_close(batch, reference_reweight(x, batch_mean=True))
+    torch.testing.assert_close(batch.norm(dim=1), x.norm(dim=1).mean().expand(3, 5, 5))
+    assert not torch.allclose(batch, norm_aware_reweight(x))
+    scaled = x.clone()
+    scaled[0] *= 100.0
+    assert not torch.allclose(norm_aware_reweight(scaled, norm_mean="batch")[1:], batch[1:])
+    gnap = randomise_biases(GNAP(4, norm_mean="batch")).double()
+    y = reference_batch_norm(x, gnap.input_norm.bias.detach())
+    y = reference_reweight(y, gnap.eps, batch_mean=True).mean(dim=(2, 3))
+    torch.testing.assert_close(gnap(x), reference_batch_norm(y, gnap.output_norm.bias.detach()))
+    assert "norm_mean='batch'" in repr(gnap)
+    with pytest.raises(ValueError, match="norm_mean: expected one of"):
+        GNAP(4, norm_mean="channel")
+    with pytest.raises(ValueError, match="norm_mean: expected one of"):
+        norm_aware_reweight(x, norm_mean=None)
+
+
+def test_faster_fc_param_groups() -> None:
+    """§4 FasterFC: the classifier at 10× the learning rate, weight decay 5e-4 everywhere."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4, 8))
+    classifier = nn.Linear(8, 100, bias=False)
+    groups = faster_fc_param_groups(model, classifier, lr=0.1)
+    assert [(g["lr"], g["weight_decay"]) for g in groups] == [
+        (0.1, 5e-4),
+        (pytest.approx(1.0), 5e-4),
+    ]
+    assert [id(p) for p in groups[0]["params"]] == [id(p) for p in model.parameters()]
+    assert [id(p) for p in groups[1]["params"]] == [id(classifier.weight)]
+    optimizer = torch.optim.SGD(groups, lr=0.1, momentum=0.9)
+    assert [g["lr"] for g in optimizer.param_groups] == [0.1, pytest.approx(1.0)]
+    shared = nn.Sequential(model, classifier)  # the classifier inside the model: counted once
+    groups = faster_fc_param_groups(shared, classifier, lr=0.1, classifier_lr_scale=5.0)
+    assert sum(len(g["params"]) for g in groups) == len(list(shared.parameters()))
+    assert groups[1]["lr"] == pytest.approx(0.5)
+    assert len(faster_fc_param_groups(nn.ReLU(), classifier, lr=0.1)) == 1
+    with pytest.raises(ValueError, match="lr: expected a positive finite number"):
+        faster_fc_param_groups(model, classifier, lr=0.0)
+    with pytest.raises(ValueError, match="weight_decay: expected a non-negative"):
+        faster_fc_param_groups(model, classifier, lr=0.1, weight_decay=-1.0)
+    with pytest.raises(ValueError, match=r"classifier: expected an nn\.Module"):
+        faster_fc_param_groups(model, classifier.weight, lr=0.1)
 
 
 @pytest.mark.parametrize("out_features", [None, 6, 12])
