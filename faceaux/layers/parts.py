@@ -74,9 +74,9 @@ def _check_parts(parts: Sequence[int] | None) -> tuple[int, ...] | None:
     return tuple(indices)
 
 
-def _check_eps(eps: object) -> None:
+def _check_eps(eps: object, name: str = "eps") -> None:
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
-        raise ValueError(f"eps: expected a positive float, received {eps!r}")
+        raise ValueError(f"{name}: expected a positive float, received {eps!r}")
 
 
 def part_mask_pooling(
@@ -89,23 +89,34 @@ def part_mask_pooling(
     normalize: bool = True,
     mask_resize: str = "max",
     eps: float = 1e-6,
+    area_threshold: float = 0.5,
 ) -> torch.Tensor:
     """Pool a feature map under each part's parsing mask into one feature vector per part.
 
-    FSENet, §3.5, eq. 6. With ``F`` the features of one sample and ``P_k`` the mask of part
-    ``k`` (both at the feature map's ``H × W``):
+    FSENet, §3.5, eq. 6 and §4.7.4 (Table 13). With ``F`` the features of one sample, ``P_k``
+    the mask of part ``k`` (both at the feature map's ``H × W``) and ``A_k`` its masked area,
+    the positions with ``P_k[i, j] ≥ area_threshold``:
 
     - ``mode="weighted"`` (the paper's "sum-weighted"): ``L̂[k, c] = Σ_ij F[c, i, j] · P_k[i, j]``,
-      one batched matrix product for all samples and parts.
-    - ``mode="mean"`` (Table 13's "mean-pooling"): the masked map ``F[c] · P_k`` average-pooled
-      over all ``H·W`` positions, ``L̂[k, c] = Σ_ij F[c, i, j] · P_k[i, j] / (H·W)``, i.e. the
-      weighted result divided by the constant ``H·W``.
-    - ``mode="max"`` (Table 13's "max-pooling"): the masked map max-pooled,
-      ``L̂[k, c] = max_ij F[c, i, j] · P_k[i, j]``. It materialises the ``(B, K, C, H·W)`` product.
+      the probabilities used as weights; one batched matrix product for all samples and parts.
+    - ``mode="mean"`` (Table 13's "mean-pooling": "choose average … backbone features under the
+      masked area in each channel"): ``L̂[k, c] = Σ_{ij ∈ A_k} F[c, i, j] / |A_k|``, the plain
+      average over the area, the probabilities not used as weights. Also one matrix product.
+    - ``mode="max"`` (Table 13's "max-pooling", "… or maximum backbone features under the masked
+      area"): ``L̂[k, c] = max_{ij ∈ A_k} F[c, i, j]``. It materialises a ``(B, K, C, H·W)``
+      tensor.
+
+    An empty area (no position reaches ``area_threshold``) gives a zero part feature for
+    ``"mean"``/``"max"``, as an all-zero mask does for ``"weighted"``.
 
     ``normalize=True`` (Table 13's "Norm"; eq. 6 for ``"weighted"``) divides every mode's result
-    by the part's probability sum: ``L[k, c] = L̂[k, c] / (Σ_ij P_k[i, j] + eps)``. An all-zero
-    mask gives a zero part feature. ``normalize=False`` returns ``L̂``.
+    by the part's probability sum, as §4.7.4 describes the normalisation ("normalized the
+    generated features with the probability sum of parsing maps"):
+    ``L[k, c] = L̂[k, c] / (Σ_ij P_k[i, j] + eps)``. ``normalize=False`` returns ``L̂``.
+
+    The paper does not say how its soft probability maps delimit the "masked area";
+    ``area_threshold=0.5`` takes the positions where the part is more likely than not (for
+    one-hot ground-truth masks: exactly the labelled region).
 
     Masks are prepared in this order: ``mask_activation`` over all ``P`` channels
     (``"softmax"`` across channels, ``"sigmoid"`` per element, ``None`` = already
@@ -133,6 +144,8 @@ def part_mask_pooling(
         normalize: divide by the probability sum of each part's mask (eq. 6).
         mask_resize: ``"max"``, ``"avg"`` or ``"bilinear"``.
         eps: added to the probability sum.
+        area_threshold: the probability from which a position belongs to a part's masked area
+            (``"mean"``/``"max"`` only).
 
     Raises:
         ValueError: a tensor of the wrong rank or dtype, different batch sizes, a part index
@@ -157,6 +170,7 @@ def part_mask_pooling(
     _check_choice(mask_resize, "mask_resize", _RESIZES)
     parts = _check_parts(parts)
     _check_eps(eps)
+    _check_eps(area_threshold, "area_threshold")
     num_classes = masks.shape[1]
     if parts is not None and max(parts) >= num_classes:
         raise ValueError(
@@ -195,24 +209,29 @@ def part_mask_pooling(
             work = F.interpolate(work, size=(height, width), mode="bilinear", align_corners=False)
 
     work = work.flatten(2)  # (B, K, H·W)
-    if normalize:  # divide the weights, not the pooled sums: Σ F·P / (ΣP + eps) cannot overflow
-        work = work / (work.sum(dim=-1, keepdim=True) + eps)  # eq. 6's denominator
-    weights = work.to(features.dtype)
     flat = features.flatten(2)  # (B, C, H·W)
-    if mode == "max":
-        return (weights.unsqueeze(2) * flat.unsqueeze(1)).amax(dim=-1)
-    pooled = torch.bmm(weights, flat.transpose(1, 2))  # (B, K, C), eq. 6 numerator
+    mass = work.sum(dim=-1, keepdim=True) + eps  # eq. 6's denominator, (B, K, 1)
+    if mode == "weighted":
+        # divide the weights, not the pooled sums: Σ F·P / (ΣP + eps) cannot overflow
+        weights = work / mass if normalize else work
+        return torch.bmm(weights.to(features.dtype), flat.transpose(1, 2))  # (B, K, C)
+    area = work >= area_threshold  # (B, K, H·W)
     if mode == "mean":
-        pooled = pooled / (height * width)
-    return pooled
+        weights = area.to(work.dtype) / area.sum(dim=-1, keepdim=True).clamp_min(1)
+        weights = weights / mass if normalize else weights
+        return torch.bmm(weights.to(features.dtype), flat.transpose(1, 2))
+    masked = torch.where(area.unsqueeze(2), flat.unsqueeze(1), -math.inf)  # (B, K, C, H·W)
+    pooled = torch.where(area.any(dim=-1, keepdim=True), masked.amax(dim=-1), 0.0)
+    return pooled / mass.to(pooled.dtype) if normalize else pooled
 
 
 class PartMaskPooling(nn.Module):
     """Pool a backbone feature map under face-parsing masks into one feature per facial part.
 
     FSENet, §3.5, eq. 6: ``L[k, c] = Σ_ij F[c, i, j] · P_k[i, j] / (Σ_ij P_k[i, j] + eps)``.
-    ``mode="mean"``/``"max"`` and ``normalize=False`` are the ablations of Table 13. See
-    ``part_mask_pooling`` for exactly what every option computes; this module only stores them.
+    ``mode="mean"``/``"max"`` (the average / maximum of the features over each part's masked
+    area) and ``normalize=False`` are the ablations of Table 13. See ``part_mask_pooling`` for
+    exactly what every option computes; this module only stores them.
 
     Args:
         parts: mask channels to pool under, in output order (the paper's six: skin, left eye,
@@ -224,6 +243,8 @@ class PartMaskPooling(nn.Module):
         mask_resize: how masks reach the feature size: ``"max"`` (the paper's), ``"avg"``,
             ``"bilinear"``.
         eps: added to the probability sum.
+        area_threshold: probability from which a position is in a part's masked area
+            (``"mean"``/``"max"``).
 
     Shape:
         - features: ``(B, C, H, W)``
@@ -244,12 +265,15 @@ class PartMaskPooling(nn.Module):
         normalize: bool = True,
         mask_resize: str = "max",
         eps: float = 1e-6,
+        area_threshold: float = 0.5,
     ) -> None:
         super().__init__()
         _check_choice(mask_activation, "mask_activation", _ACTIVATIONS)
         _check_choice(mode, "mode", _MODES)
         _check_choice(mask_resize, "mask_resize", _RESIZES)
         _check_eps(eps)
+        _check_eps(area_threshold, "area_threshold")
+        self.area_threshold = float(area_threshold)
         self.parts = _check_parts(parts)
         self.mask_activation = mask_activation
         self.mode = mode
@@ -267,12 +291,14 @@ class PartMaskPooling(nn.Module):
             normalize=self.normalize,
             mask_resize=self.mask_resize,
             eps=self.eps,
+            area_threshold=self.area_threshold,
         )
 
     def extra_repr(self) -> str:
         return (
             f"parts={self.parts}, mask_activation={self.mask_activation!r}, mode={self.mode!r}, "
             f"normalize={self.normalize}, mask_resize={self.mask_resize!r}, eps={self.eps}"
+            + (f", area_threshold={self.area_threshold}" if self.mode != "weighted" else "")
         )
 
 

@@ -12,22 +12,36 @@ from faceaux import PartMaskPooling, StructureCorrelation, part_mask_pooling, st
 
 
 def reference_pooling(
-    features: torch.Tensor, masks: torch.Tensor, mode: str, normalize: bool, eps: float = 1e-6
+    features: torch.Tensor,
+    masks: torch.Tensor,
+    mode: str,
+    normalize: bool,
+    eps: float = 1e-6,
+    threshold: float = 0.5,
 ) -> torch.Tensor:
-    """Eq. 6 and the Table 13 variants, one (sample, part, channel) at a time."""
+    """Eq. 6 and the Table 13 variants, one (sample, part, channel) at a time: "sum-weighted"
+    weights by the probabilities; "mean-pooling" / "max-pooling" take the average / maximum of
+    the features over the masked area (probability ≥ threshold), 0 for an empty area."""
     batch, channels, height, width = features.shape
     out = torch.empty(batch, masks.shape[1], channels, dtype=features.dtype)
     for b in range(batch):
         for k in range(masks.shape[1]):
             mass = float(masks[b, k].sum())
+            area = [
+                (i, j)
+                for i in range(height)
+                for j in range(width)
+                if masks[b, k, i, j] >= threshold
+            ]
             for c in range(channels):
-                masked = features[b, c] * masks[b, k]
                 if mode == "weighted":
-                    value = float(masked.sum())
+                    value = float((features[b, c] * masks[b, k]).sum())
+                elif not area:
+                    value = 0.0
                 elif mode == "mean":
-                    value = float(masked.sum()) / (height * width)
+                    value = sum(float(features[b, c, i, j]) for i, j in area) / len(area)
                 else:
-                    value = float(masked.max())
+                    value = max(float(features[b, c, i, j]) for i, j in area)
                 out[b, k, c] = value / (mass + eps) if normalize else value
     return out
 
@@ -73,6 +87,37 @@ def test_pooling_matches_reference(mode: str, normalize: bool, dtype: torch.dtyp
     assert out.shape == (2, 4, 3)
     tol = {"atol": 1e-5, "rtol": 1e-4} if dtype == torch.float32 else {}
     torch.testing.assert_close(out, reference_pooling(features, masks, mode, normalize), **tol)
+
+
+def test_mean_pooling_is_not_a_rescaled_weighted_sum() -> None:
+    """Table 13's mean-pooling averages the features over the masked area; it used to be the
+    weighted sum divided by H·W, i.e. "sum-weighted" up to a constant, so its rows could not
+    be reproduced."""
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 5, 6, 6, generator=generator, dtype=torch.float64)
+    masks = torch.rand(2, 3, 6, 6, generator=generator, dtype=torch.float64)
+    for normalize in (True, False):
+        weighted = part_mask_pooling(features, masks, mode="weighted", normalize=normalize)
+        mean = part_mask_pooling(features, masks, mode="mean", normalize=normalize)
+        ratio = mean / weighted  # one constant per part if mean were a rescaled weighted sum
+        assert (ratio.amax(dim=-1) - ratio.amin(dim=-1)).abs().min() > 1e-3
+        assert not torch.allclose(mean, weighted / 36)
+    # on a one-hot mask the mean is the plain average of the labelled region
+    one_hot = torch.zeros(1, 1, 6, 6, dtype=torch.float64)
+    one_hot[0, 0, 1:4, 2:5] = 1.0
+    region = features[:1, :, 1:4, 2:5]
+    mean = part_mask_pooling(features[:1], one_hot, mode="mean", normalize=False)
+    torch.testing.assert_close(mean[0, 0], region.mean(dim=(2, 3))[0])
+    top = part_mask_pooling(features[:1], one_hot, mode="max", normalize=False)
+    torch.testing.assert_close(top[0, 0], region.amax(dim=(2, 3))[0])
+    normalized = part_mask_pooling(features[:1], one_hot, mode="mean")
+    torch.testing.assert_close(normalized, mean / (9 + 1e-6))  # "Norm": / probability sum
+    # the area threshold is a knob; an empty area gives zeros
+    assert part_mask_pooling(features, masks * 0.4, mode="max").abs().max() == 0
+    low = part_mask_pooling(features, masks, mode="mean", area_threshold=0.1)
+    torch.testing.assert_close(low, reference_pooling(features, masks, "mean", True, threshold=0.1))
+    with pytest.raises(ValueError, match="area_threshold: expected a positive float"):
+        PartMaskPooling(mode="mean", area_threshold=0.0)
 
 
 @pytest.mark.parametrize("activation", [None, "softmax", "sigmoid"])
