@@ -3,11 +3,14 @@
 From "Multi-task deep face recognition with facial attributes"
 (``papers/multitask-face-attributes.txt``):
 
-- ``AttributeHead`` (§3.3, Fig. 1, Fig. 9 configuration 1): the attribute-only fully connected
-  layer ``g`` on top of the shared embedding, then the attribute weights ``W_a``.
+- ``AttributeHead`` (§3.3, Fig. 1, Fig. 9): configuration 1 (the paper's) is the attribute-only
+  fully connected layer ``g`` on top of the shared embedding, then the attribute weights ``W_a``;
+  ``hidden_features=None`` is configuration 2 (``W_a`` straight on the shared embedding).
 - ``attribute_loss``: the attribute loss ``L_a`` (mean squared error in the paper, or binary
   cross-entropy), ignoring unlabelled entries.
 - ``MultiTaskLoss`` (eq. 2): ``λ1 · L_a + λ2 · L_p``.
+- ``TrainingStage`` / ``MULTITASK_STAGES`` (§4.4): the paper's two training stages (λ1 = 0
+  for 70k iterations, then λ1 = 0.1 for 30k at a tenth of the learning rate).
 - ``majority_vote`` (§3.2): every image of an identity gets that identity's majority label.
 - ``CELEBA_FACE_ATTRIBUTES`` (Table 1): the seven identity-stable CelebA attributes.
 """
@@ -39,9 +42,11 @@ from faceaux._checks import (
 __all__ = [
     "CELEBA_ATTRIBUTE_NAMES",
     "CELEBA_FACE_ATTRIBUTES",
+    "MULTITASK_STAGES",
     "AttributeHead",
     "AttributeSelection",
     "MultiTaskLoss",
+    "TrainingStage",
     "attribute_loss",
     "majority_vote",
 ]
@@ -232,25 +237,31 @@ def _attribute_loss(
 class AttributeHead(nn.Module):
     """Predict facial attributes from a face embedding: the paper's attribute-only FC + ``W_a``.
 
-    Multi-task paper, §3.3, eq. 2 and Fig. 9 configuration 1 (the paper's choice): the shared
-    embedding ``f`` goes through one extra fully connected layer ``g`` used for attributes only —
-    ``Linear(in_features, hidden_features, bias=False) → BatchNorm1d → PReLU`` (the paper puts BN
-    then PReLU after every FC; the bias is dropped as BN cancels it) — then optional dropout, then
-    ``W_a = Linear(hidden_features, num_attributes)``. The output is the raw prediction: the
+    Multi-task paper, §3.3, eq. 2 and Fig. 9. Configuration 1 (the paper's choice, the
+    default): the shared embedding ``f`` goes through one extra fully connected layer ``g`` used
+    for attributes only — ``Linear(in_features, hidden_features, bias=False) → BatchNorm1d →
+    PReLU`` (the paper puts BN then PReLU after every FC; the bias is dropped as BN cancels it)
+    — then dropout, then ``W_a = Linear(hidden_features, num_attributes)``. Configuration 2
+    ("a shared structure of both tasks", ``hidden_features=None``): no ``g``, dropout then
+    ``W_a`` straight on ``f``, as ``W_p`` is. Configuration 3 (an independent FC for *each*
+    task) is configuration 1 plus an identity-only FC in front of ``W_p``:
+    :func:`faceaux.models.multitask.identity_branch`. The output is the raw prediction: the
     regression output for ``loss="mse"`` (the paper's), logits for ``loss="bce"``.
 
     Args:
         in_features: embedding size ``D`` (1024 in the paper).
         num_attributes: number of attributes ``M`` (7 for ``CELEBA_FACE_ATTRIBUTES``).
-        hidden_features: width of ``g`` (1024 in the paper).
+        hidden_features: width of ``g`` (1024 in the paper); ``None`` for configuration 2.
         loss: ``"mse"`` or ``"bce"``, used by ``loss()``.
-        dropout: dropout probability before ``W_a`` (the paper trains its FC layers with 0.5).
+        dropout: dropout probability before ``W_a``; 0.5, the paper's for its fully connected
+            layers (§4.4: "Dropout is used for fully connected layers and the ratio is set to
+            0.5").
 
     Bad input: NaN/inf embeddings raise ``ValueError`` (one device→host read) before the batch
     norm sees them; ``B = 1`` in training mode raises ``ValueError`` (its ``BatchNorm1d`` has no
-    variance over one sample); ``B = 0`` returns an empty ``(0, M)`` output without touching
-    the running statistics. Outside autocast the embedding must have the dtype of the module's
-    parameters.
+    variance over one sample; configuration 2 has no batch norm and takes it); ``B = 0`` returns
+    an empty ``(0, M)`` output without touching the running statistics. Outside autocast the
+    embedding must have the dtype of the module's parameters.
 
     Shape:
         - embedding: ``(B, D)``
@@ -261,55 +272,77 @@ class AttributeHead(nn.Module):
         >>> pred = head(torch.randn(4, 512))
         >>> head.loss(pred, torch.randint(0, 2, (4, 7)).float()).shape
         torch.Size([])
+        >>> shared = AttributeHead(512, 7, hidden_features=None)  # Fig. 9 configuration 2
+        >>> shared.attribute_fc is None, shared.classifier.in_features
+        (True, 512)
     """
 
     def __init__(
         self,
         in_features: int,
         num_attributes: int,
-        hidden_features: int = 1024,
+        hidden_features: int | None = 1024,
         loss: str = "mse",
-        dropout: float = 0.0,
+        dropout: float = 0.5,
     ) -> None:
         super().__init__()
         for name, value in (
             ("in_features", in_features),
             ("num_attributes", num_attributes),
-            ("hidden_features", hidden_features),
         ):
             check_positive_int(value, name)
+        if hidden_features is not None:
+            check_positive_int(hidden_features, "hidden_features")
         if loss not in _LOSSES:
             raise ValueError(f"loss: expected one of {_LOSSES}, received {loss!r}")
-        if not 0.0 <= dropout < 1.0:
+        if (
+            isinstance(dropout, bool)
+            or not isinstance(dropout, (int, float))
+            or not 0.0 <= dropout < 1.0
+        ):
             raise ValueError(f"dropout: expected a probability in [0, 1), received {dropout!r}")
         self.in_features = in_features
         self.num_attributes = num_attributes
+        self.hidden_features = hidden_features
         self.loss_kind = loss
-        self.attribute_fc = nn.Sequential(
-            nn.Linear(in_features, hidden_features, bias=False),
-            nn.BatchNorm1d(hidden_features),
-            nn.PReLU(hidden_features),
-        )
+        self.attribute_fc: nn.Sequential | None = None
+        if hidden_features is not None:
+            self.attribute_fc = nn.Sequential(
+                nn.Linear(in_features, hidden_features, bias=False),
+                nn.BatchNorm1d(hidden_features),
+                nn.PReLU(hidden_features),
+            )
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(hidden_features, num_attributes)
+        self.classifier = nn.Linear(hidden_features or in_features, num_attributes)
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
         check_tensor(
             embedding, "embedding", "(B, D)", sizes=(None, self.in_features), floating=True
         )
         check_module_input(embedding, "embedding", self)
-        check_batch_for_training(self, embedding, "embedding")
+        if self.attribute_fc is not None:
+            check_batch_for_training(self, embedding, "embedding")
         raise_bad_data([finite_check(embedding, "embedding")])
-        if embedding.shape[0] == 0:  # an empty batch never reaches the batch norm
-            linear, _, prelu = self.attribute_fc
-            return self.classifier(self.dropout(prelu(linear(embedding))))
-        return self.classifier(self.dropout(self.attribute_fc(embedding)))
+        hidden = embedding
+        if self.attribute_fc is not None:
+            if embedding.shape[0] == 0:  # an empty batch never reaches the batch norm
+                linear, _, prelu = self.attribute_fc
+                hidden = prelu(linear(embedding))
+            else:
+                hidden = self.attribute_fc(embedding)
+        return self.classifier(self.dropout(hidden))
 
     def loss(
         self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """The attribute loss of this head's kind; see ``attribute_loss``."""
         return attribute_loss(pred, target, mask, loss=self.loss_kind)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, num_attributes={self.num_attributes}, "
+            f"hidden_features={self.hidden_features}, loss={self.loss_kind!r}"
+        )
 
 
 class MultiTaskLoss(nn.Module):
@@ -437,6 +470,101 @@ class MultiTaskLoss(nn.Module):
             f"lambda_attr={self.lambda_attr}, lambda_id={self.lambda_id}, "
             f"attribute_loss={self.attribute_loss_kind!r}"
         )
+
+
+@dataclass(frozen=True)
+class TrainingStage:
+    """One stage of the multi-task paper's training schedule (§4.4), as loss and scheduler.
+
+    §4.4 trains in two stages: 70k iterations with ``λ1 = 0, λ2 = 1`` (identity only) at base
+    learning rate 0.01, divided by 10 at 40k and 58k; then fine-tunes 30k iterations with
+    ``λ1 = 0.1, λ2 = 1`` at 0.001, divided by 10 at 10k and 20k (SGD, mini-batch 40 for the
+    Full-Model and 48 for the Fast-Model, identity loss soft-max). :data:`MULTITASK_STAGES`
+    holds the two; run them in order on the same model and optimiser::
+
+        for stage in MULTITASK_STAGES:
+            criterion, scheduler = stage.loss(), stage.scheduler(optimizer)
+            for _ in range(stage.iterations):
+                ...  # forward, criterion(identity logits, labels, attributes, targets)
+                optimizer.step()
+                scheduler.step()  # once per iteration: the milestones count iterations
+
+    Attributes:
+        name: ``"train"`` or ``"fine-tune"``.
+        iterations: the stage's length in iterations.
+        lambda_attr: ``λ1``, the attribute loss weight.
+        lambda_id: ``λ2``, the identity loss weight.
+        lr: the stage's base learning rate.
+        milestones: iterations (from the stage's start) at which the rate is multiplied by
+            ``gamma``.
+        gamma: the rate's factor at each milestone (1/10).
+
+    Shape:
+        No tensors.
+
+    Examples:
+        >>> first, second = MULTITASK_STAGES
+        >>> first.lambda_attr, second.lambda_attr, second.lr
+        (0.0, 0.1, 0.001)
+        >>> optimizer = torch.optim.SGD(nn.Linear(4, 2).parameters(), lr=1.0, momentum=0.9)
+        >>> quick = second.scaled(0.001)  # 30 iterations, milestones 10 and 20
+        >>> scheduler = quick.scheduler(optimizer)
+        >>> for _ in range(quick.iterations):
+        ...     optimizer.step()
+        ...     scheduler.step()
+        >>> round(optimizer.param_groups[0]["lr"], 8)
+        1e-05
+    """
+
+    name: str
+    iterations: int
+    lambda_attr: float
+    lambda_id: float
+    lr: float
+    milestones: tuple[int, ...]
+    gamma: float = 0.1
+
+    def loss(self, **kwargs) -> MultiTaskLoss:
+        """A :class:`MultiTaskLoss` with this stage's ``λ1``, ``λ2`` (kwargs: its other args)."""
+        return MultiTaskLoss(lambda_attr=self.lambda_attr, lambda_id=self.lambda_id, **kwargs)
+
+    def scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.MultiStepLR:
+        """Set every parameter group's rate to ``lr`` and return the stage's step schedule."""
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ValueError(
+                f"optimizer: expected a torch.optim.Optimizer, received {type(optimizer).__name__}"
+            )
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] = self.lr
+        return torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, milestones=list(self.milestones), gamma=self.gamma
+        )
+
+    def scaled(self, fraction: float) -> TrainingStage:
+        """The same stage with its iterations and milestones scaled (for short runs)."""
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or fraction <= 0:
+            raise ValueError(f"fraction: expected a positive number, received {fraction!r}")
+        return TrainingStage(
+            self.name,
+            max(1, round(self.iterations * fraction)),
+            self.lambda_attr,
+            self.lambda_id,
+            self.lr,
+            tuple(max(1, round(m * fraction)) for m in self.milestones),
+            self.gamma,
+        )
+
+
+MULTITASK_STAGES: tuple[TrainingStage, TrainingStage] = (
+    TrainingStage("train", 70_000, 0.0, 1.0, 0.01, (40_000, 58_000)),
+    TrainingStage("fine-tune", 30_000, 0.1, 1.0, 0.001, (10_000, 20_000)),
+)
+"""The multi-task paper's two training stages (§4.4): identity only (``λ1 = 0``) for 70k
+iterations at 0.01, then ``λ1 = 0.1`` for 30k at 0.001. See :class:`TrainingStage`.
+
+Shape:
+    A tuple of two :class:`TrainingStage`; no tensors.
+"""
 
 
 def majority_vote(attribute_labels: torch.Tensor, identity_labels: torch.Tensor) -> torch.Tensor:

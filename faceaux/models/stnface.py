@@ -9,8 +9,9 @@ trained with ArcFace from identity labels alone. The paper's best transform is t
 (Table 3), our default.
 
 - ``stnface_resnet36``: the paper's network (:class:`AlignmentResNet`, 36 convolutions).
-- ``stnface_iresnet34``: the same input stage in front of an IResNet-34 (ArcFace's improved
-  residual units; InsightFace checkpoints load into its ``backbone``).
+- ``stnface_iresnet34``: an STN in front of an IResNet-34 (ArcFace's improved residual units;
+  InsightFace checkpoints load into its ``backbone``), with faceaux 0.1's setting-5 localisation
+  network.
 
 Both are :class:`faceaux.models.FaceRecognizer` configurations: a
 :class:`faceaux.SpatialTransformerAlign` input stage in front of the backbone. Give the
@@ -264,9 +265,10 @@ def stnface_iresnet34(
 
     Not the paper's recognizer (that is ``stnface_resnet36``): ArcFace's IResNet-34, so that
     InsightFace checkpoints load into ``model.backbone`` and the overhead of the alignment stage
-    is measured against a standard network. With :class:`faceaux.SpatialTransformerAlign`'s
-    defaults (Table 2's setting 3) the alignment stage adds 159,016 parameters (34,298,344 in
-    all at the defaults).
+    is measured against a standard network. Its localisation network keeps faceaux 0.1's layout,
+    Table 2's setting 5 (a 128-wide hidden FC before the regressor, ``loc_hidden=128``), so that
+    checkpoints saved with faceaux 0.1 load: 1,143,208 parameters for the alignment stage,
+    35,282,536 in all. ``loc_hidden=None`` gives the paper's setting 3 (159,016).
 
     Args:
         transform: ``"identity"``, ``"translation"``, ``"similarity"``, ``"affine"`` or
@@ -277,7 +279,7 @@ def stnface_iresnet34(
         output_size: the aligned size the IResNet is built for (112×112).
         pooling: the IResNet output stage, ``"fc"``, ``"gap"`` or ``"gnap"``.
         **align_kwargs: further :class:`faceaux.SpatialTransformerAlign` arguments
-            (``loc_input_size``, ``loc_channels``, ``padding_mode`` …).
+            (``loc_hidden``, ``loc_input_size``, ``loc_channels``, ``padding_mode`` …).
 
     Shape:
         - images: (B, 3, H, W), any size (the localisation network resizes to 64×64 itself)
@@ -285,6 +287,7 @@ def stnface_iresnet34(
         - ``forward_aux``: ``{"embedding": (B, D), "aligned": (B, 3, h, w),
           "matrix": (B, 3, 3)}``
     """
+    align_kwargs.setdefault("loc_hidden", 128)  # Table 2's setting 5, faceaux 0.1's layout
     output_size = tuple(output_size)
     backbone = IResNet(
         (3, 4, 6, 3),

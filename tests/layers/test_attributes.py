@@ -17,7 +17,7 @@ from faceaux import (
     attribute_loss,
     majority_vote,
 )
-from faceaux.layers.attributes import AttributeSelection
+from faceaux.layers.attributes import MULTITASK_STAGES, AttributeSelection
 
 
 def reference_vote(labels: list[list[float]], identities: list[int]) -> list[list[float]]:
@@ -50,7 +50,7 @@ def reference_head(head: AttributeHead, x: torch.Tensor) -> torch.Tensor:
 
 
 def test_head_matches_reference() -> None:
-    head = AttributeHead(6, 3, hidden_features=5).double()
+    head = AttributeHead(6, 3, hidden_features=5, dropout=0.0).double()  # training mode
     with torch.no_grad():
         head.attribute_fc[1].weight.uniform_(0.5, 2.0)
         head.attribute_fc[1].bias.normal_()
@@ -68,6 +68,46 @@ def test_head_layout_follows_the_paper() -> None:
     assert isinstance(bn, torch.nn.BatchNorm1d)
     assert prelu.weight.numel() == 1024
     assert (head.classifier.in_features, head.classifier.out_features) == (1024, 7)
+    assert head.dropout.p == 0.5  # §4.4: dropout 0.5 on the fully connected layers
+
+
+def test_configuration_2_has_no_attribute_fc() -> None:
+    """Fig. 9 configuration 2: W_a straight on the shared embedding, like W_p."""
+    head = AttributeHead(6, 3, hidden_features=None, dropout=0.0).double()
+    assert head.attribute_fc is None
+    assert [name for name, _ in head.named_parameters()] == ["classifier.weight", "classifier.bias"]
+    x = torch.randn(1, 6, dtype=torch.float64)  # no batch norm: one sample trains too
+    torch.testing.assert_close(head(x), x @ head.classifier.weight.T + head.classifier.bias)
+    assert head(x[:0]).shape == (0, 3)
+    dropped = AttributeHead(6, 3, hidden_features=None).train()
+    assert (dropped(torch.ones(64, 6)) != dropped.eval()(torch.ones(64, 6))).any()
+    with pytest.raises(ValueError, match="hidden_features"):
+        AttributeHead(6, 3, hidden_features=0)
+
+
+def test_two_training_stages_of_section_4_4() -> None:
+    first, second = MULTITASK_STAGES
+    assert (first.iterations, first.lambda_attr, first.lambda_id, first.lr) == (70_000, 0, 1, 0.01)
+    assert first.milestones == (40_000, 58_000)
+    assert (second.iterations, second.lambda_attr, second.lr) == (30_000, 0.1, 0.001)
+    assert second.milestones == (10_000, 20_000)
+    criterion = second.loss(attribute_loss="bce")
+    assert (criterion.lambda_attr, criterion.lambda_id) == (0.1, 1.0)
+    assert criterion.attribute_loss_kind == "bce"
+    assert first.loss().lambda_attr == 0.0
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=5.0)
+    rates = []
+    for stage in (first.scaled(1e-3), second.scaled(1e-3)):
+        scheduler = stage.scheduler(optimizer)
+        for _ in range(stage.iterations):
+            rates.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+    expected = [0.01] * 40 + [1e-3] * 18 + [1e-4] * 12 + [1e-3] * 10 + [1e-4] * 10 + [1e-5] * 10
+    assert rates == pytest.approx(expected)
+    with pytest.raises(ValueError, match="optimizer: expected"):
+        first.scheduler(model)
 
 
 @pytest.mark.parametrize("kind", ["mse", "bce"])
@@ -196,7 +236,7 @@ def test_celeba_face_attributes_table_1() -> None:
 
 
 def test_head_gradcheck() -> None:
-    gradcheck_f64(AttributeHead(4, 2, hidden_features=3), torch.randn(5, 4))
+    gradcheck_f64(AttributeHead(4, 2, hidden_features=3, dropout=0.0), torch.randn(5, 4))
 
 
 def test_loss_gradcheck() -> None:
