@@ -39,6 +39,7 @@ __all__ = [
     "MATRIX_BOUND",
     "TRANSFORM_PARAMETERS",
     "Z_EPS",
+    "align_faces",
     "from_pixel_matrix",
     "params_from_matrix",
     "similarity_from_landmarks",
@@ -576,3 +577,115 @@ def _similarity(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     ty = dst_mean[:, 1] - (b * src_mean[:, 0] + a * src_mean[:, 1])
     zero, one = torch.zeros_like(a), torch.ones_like(a)
     return torch.stack([a, -b, tx, b, a, ty, zero, zero, one], dim=-1).reshape(-1, 3, 3)
+
+
+def align_faces(
+    images: torch.Tensor,
+    landmarks: torch.Tensor,
+    output_size: int | tuple[int, int] = 112,
+    template: torch.Tensor | None = None,
+    mode: str = "bilinear",
+    padding_mode: str = "zeros",
+) -> torch.Tensor:
+    """Crop a batch of faces onto the ArcFace template from their five landmarks, in one call.
+
+    The classical alignment that Tang et al. 2020 (§1, §3.3) learn to replace, as InsightFace
+    does it (``face_align.norm_crop``): the least-squares similarity from each face's detected
+    points onto the template (:func:`similarity_from_landmarks`), then a bilinear warp of the
+    image through it (:func:`from_pixel_matrix` + :func:`warp`), with zeros outside the image.
+    It matches ``norm_crop`` on the same points to within interpolation rounding (OpenCV's
+    ``warpAffine`` uses 5-bit fixed-point weights on 8-bit images); pixel centres sit on
+    integers in both.
+
+    The template for ``output_size`` follows InsightFace's ``estimate_norm``: a size that is a
+    multiple of 112 scales :data:`ARCFACE_TEMPLATE_112` by ``size / 112``; a multiple of 128
+    scales it by ``size / 128`` and shifts it right by ``8 · size / 128`` pixels. Any other
+    size needs an explicit ``template``.
+
+    ``uint8`` images are aligned in float32 and rounded back to ``uint8``, as OpenCV returns
+    them; floating images keep their dtype. The result is differentiable with respect to
+    floating images and to the landmarks.
+
+    Args:
+        images: the faces, ``(B, C, H, W)``, floating or ``uint8`` (any value range).
+        landmarks: five points per face in pixels of ``images`` (x along the width, pixel
+            centres on integers): left eye, right eye, nose tip, left and right mouth corners,
+            left = image left (RetinaFace's and InsightFace's order), ``(B, 5, 2)``. With a
+            ``template`` of N points, ``(B, N, 2)``.
+        output_size: the crop's side (a multiple of 112 or 128) or, with ``template``, its
+            ``(h, w)``; default 112.
+        template: target points in output pixels, ``(N, 2)`` or ``(B, N, 2)``; default the
+            ArcFace template for ``output_size``.
+        mode: ``"bilinear"`` (InsightFace's), ``"nearest"`` or ``"bicubic"``.
+        padding_mode: ``"zeros"`` (InsightFace's black border), ``"border"`` or
+            ``"reflection"``.
+
+    Returns:
+        The aligned faces, ``(B, C, h, w)``, in the dtype of ``images``.
+
+    Raises:
+        ValueError: a bad shape, dtype or size; NaN/inf landmarks; points of a face that all
+            coincide (no similarity maps them onto the template).
+
+    Shape:
+        - images: ``(B, C, H, W)``
+        - landmarks: ``(B, N, 2)``, N = 5 for the ArcFace template
+        - output: ``(B, C, h, w)``, ``(B, C, 112, 112)`` by default
+
+    Examples:
+        >>> images = torch.rand(2, 3, 250, 250)
+        >>> landmarks = ARCFACE_TEMPLATE_112.expand(2, 5, 2) * 2 + 8  # faces twice as large
+        >>> align_faces(images, landmarks).shape
+        torch.Size([2, 3, 112, 112])
+        >>> align_faces(images.mul(255).byte(), landmarks, output_size=128).dtype
+        torch.uint8
+    """
+    check_tensor(images, "images", "(B, C, H, W)")
+    if not (images.is_floating_point() or images.dtype == torch.uint8):
+        raise ValueError(f"images: expected a floating or uint8 tensor, received {images.dtype}")
+    check_tensor(landmarks, "landmarks", "(B, N, 2)", sizes=(None, None, 2), floating=True)
+    check_same_batch(images, "images", landmarks, "landmarks")
+    if template is None:
+        if isinstance(output_size, bool) or not isinstance(output_size, int) or output_size <= 0:
+            raise ValueError(
+                f"output_size: expected a positive int side (a multiple of 112 or 128) for the "
+                f"ArcFace template, received {output_size!r}"
+            )
+        if output_size % 112 == 0:
+            ratio, shift = output_size / 112, 0.0
+        elif output_size % 128 == 0:
+            ratio, shift = output_size / 128, 8.0 * output_size / 128
+        else:
+            raise ValueError(
+                f"output_size: the ArcFace template is defined for multiples of 112 or 128, "
+                f"received {output_size}; pass template= for other sizes"
+            )
+        template = ARCFACE_TEMPLATE_112 * ratio + torch.tensor([shift, 0.0])
+        size = (output_size, output_size)
+    else:
+        if isinstance(template, torch.Tensor) and template.ndim == 3:
+            batch = landmarks.shape[0]
+            check_tensor(template, "template", "(B, N, 2)", sizes=(batch, None, 2), floating=True)
+        else:
+            check_tensor(template, "template", "(N, 2)", sizes=(None, 2), floating=True)
+        size = (output_size, output_size) if isinstance(output_size, int) else output_size
+        size = _check_size(size, "output_size")
+    if template.shape[-2] != landmarks.shape[1]:
+        raise ValueError(
+            f"landmarks: expected (B, {template.shape[-2]}, 2) points, one per template point "
+            f"(template shape {tuple(template.shape)}), received {tuple(landmarks.shape)}"
+        )
+    raise_bad_data([finite_check(images, "images"), finite_check(landmarks, "landmarks")])
+    source = images if images.is_floating_point() else images.to(torch.float32)
+    pixel_matrix = similarity_from_landmarks(landmarks, template)
+    try:
+        matrix = from_pixel_matrix(pixel_matrix, tuple(images.shape[-2:]), size)
+    except ValueError as error:
+        raise ValueError(
+            f"landmarks: the points of a face coincide, so no similarity maps them onto the "
+            f"template ({error})"
+        ) from error
+    aligned = warp(source, matrix, size, mode=mode, padding_mode=padding_mode)
+    if images.dtype == torch.uint8:
+        return aligned.round().clamp(0, 255).to(torch.uint8)
+    return aligned
