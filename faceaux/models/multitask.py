@@ -21,6 +21,17 @@ What the text leaves open, and what we chose (Fig. 1 itself is not in the text):
 - In a block, each of the convs is conv → BN → PReLU and the bypass is added after the last
   PReLU (no activation after the sum).
 - The 1024-d embedding is FC → BN1d → PReLU (BN and PReLU after every FC, §3.3).
+- Table 5's "variants-block" ("two convolutional layer on the main road, and one convolutional
+  layer on the bypass", Fig. 8) is ``bypass_conv=True`` on the Fast block: the bypass conv is
+  3×3, padding 1, → BN → PReLU like every other conv of the network (§3.3), since Fig. 8 is not
+  in the text.
+- Fig. 9's configurations of the last layers (Table 6): 1 (the paper's) is the attribute-only
+  FC ``g`` in :class:`faceaux.AttributeHead`; 2 ("a shared structure of both tasks") is
+  ``attribute_hidden=None`` (``W_a`` and ``W_p`` both straight on ``f``); 3 ("another
+  independent fully connected layer for each individual task") adds :func:`identity_branch`, an
+  identity-only FC between ``f`` and ``W_p``, to configuration 1. In all three the face
+  representation is the shared ``f`` ("all the other settings and structures are the same
+  except the last layer").
 
 With padding 0, the maps are 112×96 → 108×92 → (pool) 54×46 (group 1) → 26×22 (group 2) →
 12×10 (group 3) → 5×4 (group 4), so the FC sees 512·5·4 = 10240 inputs.
@@ -45,7 +56,7 @@ from faceaux.layers.attributes import CELEBA_FACE_ATTRIBUTES, AttributeHead
 from faceaux.models.features import StagedBackbone, check_images
 from faceaux.models.registry import register_model
 
-__all__ = ["MultiTaskBlock", "MultiTaskFaceNet"]
+__all__ = ["MultiTaskBlock", "MultiTaskFaceNet", "identity_branch"]
 
 
 def _conv_bn_prelu(in_channels: int, out_channels: int, padding: int) -> nn.Sequential:
@@ -60,6 +71,8 @@ class MultiTaskBlock(nn.Module):
     """The paper's building block: ``convs`` × (3×3 conv → BN → PReLU) + identity bypass.
 
     Fig. 2 (Full block, ``convs=3``) and Fig. 3 (Fast block, ``convs=2``); padding 1, stride 1.
+    ``bypass_conv=True`` is Table 5's variants-block: one 3×3 conv → BN → PReLU on the bypass
+    instead of the identity (with ``convs=2``, "two convolutional layer on the main road").
 
     Shape:
         (B, C, H, W) → (B, C, H, W).
@@ -67,14 +80,18 @@ class MultiTaskBlock(nn.Module):
     Examples:
         >>> MultiTaskBlock(16, convs=3)(torch.randn(2, 16, 6, 5)).shape
         torch.Size([2, 16, 6, 5])
+        >>> MultiTaskBlock(16, convs=2, bypass_conv=True).bypass[0].kernel_size
+        (3, 3)
     """
 
-    def __init__(self, channels: int, convs: int) -> None:
+    def __init__(self, channels: int, convs: int, bypass_conv: bool = False) -> None:
         super().__init__()
         self.body = nn.Sequential(*[_conv_bn_prelu(channels, channels, 1) for _ in range(convs)])
+        self.bypass = _conv_bn_prelu(channels, channels, 1) if bypass_conv else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+        shortcut = x if self.bypass is None else self.bypass(x)
+        return shortcut + self.body(x)
 
 
 class MultiTaskFaceNet(StagedBackbone):
@@ -95,6 +112,7 @@ class MultiTaskFaceNet(StagedBackbone):
         embedding_size: D, the first FC (1024).
         dropout: on the FC (0.5 in the paper's training).
         input_size: (H, W) = (112, 96).
+        bypass_conv: a conv on every block's bypass (Table 5's variants-block).
 
     Shape:
         - images: (B, 3, 112, 96)
@@ -112,6 +130,7 @@ class MultiTaskFaceNet(StagedBackbone):
         embedding_size: int = 1024,
         dropout: float = 0.5,
         input_size: tuple[int, int] = (112, 96),
+        bypass_conv: bool = False,
     ) -> None:
         super().__init__()
         if len(blocks) != len(widths):
@@ -135,7 +154,7 @@ class MultiTaskFaceNet(StagedBackbone):
             if index > 0 or channels != group_width:
                 layers += [_conv_bn_prelu(channels, group_width, 0), nn.MaxPool2d(2, 2)]
                 height, width = (height - 2) // 2, (width - 2) // 2
-            layers += [MultiTaskBlock(group_width, block_convs) for _ in range(count)]
+            layers += [MultiTaskBlock(group_width, block_convs, bypass_conv) for _ in range(count)]
             groups.append(nn.Sequential(*layers))
             channels = group_width
         self.groups = nn.Sequential(*groups)
@@ -166,6 +185,40 @@ class MultiTaskFaceNet(StagedBackbone):
         return self.prelu(self.bn(self.fc(self.dropout(torch.flatten(features, 1)))))
 
 
+def identity_branch(
+    in_features: int = 1024, hidden_features: int = 1024, dropout: float = 0.5
+) -> nn.Sequential:
+    """Fig. 9 configuration 3's identity-only FC: put it between the embedding and ``W_p``.
+
+    Multi-task paper, §4.8 (Table 6): configuration 3 "enforces another independent fully
+    connected layer for each individual task" — the attribute-only FC of
+    :class:`faceaux.AttributeHead`, and this one for identity: ``Linear(bias=False) →
+    BatchNorm1d → PReLU`` (BN and PReLU after every FC, §3.3) → dropout (§4.4), the identity
+    classifier (``W_p``, a soft-max linear layer or a margin head) on its output. The face
+    representation stays the shared embedding ``f``. Train it with the model:
+    ``logits = classifier(branch(model(images)))``.
+
+    Args:
+        in_features: D of the shared embedding (1024).
+        hidden_features: the branch's width (1024, as the attribute-only FC).
+        dropout: dropout after the branch (0.5, §4.4).
+
+    Shape:
+        (B, in_features) → (B, hidden_features)
+
+    Examples:
+        >>> branch = identity_branch(64, 32).eval()
+        >>> branch(torch.randn(2, 64)).shape
+        torch.Size([2, 32])
+    """
+    return nn.Sequential(
+        nn.Linear(in_features, hidden_features, bias=False),
+        nn.BatchNorm1d(hidden_features),
+        nn.PReLU(hidden_features),
+        nn.Dropout(dropout),
+    )
+
+
 def _multitask(block_convs: int, **kwargs) -> nn.Module:
     from faceaux.models.recognizer import FaceRecognizer
 
@@ -194,13 +247,17 @@ def mtl_attr_full(**kwargs) -> nn.Module:
     """Full-Model (three-conv blocks, Fig. 2) + the attribute head (Fig. 9 configuration 1).
 
     A :class:`faceaux.models.FaceRecognizer` with a :class:`MultiTaskFaceNet` backbone and an
-    :class:`faceaux.AttributeHead` (``num_attributes`` = 7, ``attribute_hidden`` = 1024, the
-    backbone's ``dropout``). kwargs → :class:`MultiTaskFaceNet` plus those two.
+    :class:`faceaux.AttributeHead` (``num_attributes`` = 7, ``attribute_hidden`` = 1024 —
+    ``None`` for configuration 2 —, the backbone's ``dropout``). kwargs →
+    :class:`MultiTaskFaceNet` (e.g. ``bypass_conv=True``) plus those two.
     """
     return _multitask(3, **kwargs)
 
 
 @register_model(**_MTL_CFG)
 def mtl_attr_fast(**kwargs) -> nn.Module:
-    """Fast-Model (two-conv blocks, Fig. 3) + the attribute head; see :func:`mtl_attr_full`."""
+    """Fast-Model (two-conv blocks, Fig. 3) + the attribute head; see :func:`mtl_attr_full`.
+
+    ``bypass_conv=True`` builds Table 5's variants-block model.
+    """
     return _multitask(2, **kwargs)
