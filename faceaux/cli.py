@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "faceaux.pack",
     "faceaux.evaluate",
     "faceaux.export",
+    "faceaux.convert_fan",
 )
 
 
