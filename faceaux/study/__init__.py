@@ -57,7 +57,7 @@ class StudyConfig:
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
-    train_identities: int = 150
+    train_identities: int = 120
     images_per_identity: int = 8
     test_identities: int = 50
     epochs: int = 6
@@ -200,68 +200,107 @@ def _summaries(experiment: Experiment, runs: dict[str, list[dict]]) -> dict[str,
     return out
 
 
+def _arm_flops(experiment: Experiment, side: dict) -> list[float]:
+    """Training cost per image of each arm, in "trainable forward FLOPs": the forward FLOPs
+    (counted on the meta device: nothing is computed) with a frozen side network's counted at
+    a third, as it runs forward only while the rest also runs backward (about twice a forward).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def forward_flops(network, *args, **kwargs) -> float:
+        network.eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            network(*args, **kwargs)
+        return float(counter.get_total_flops())
+
+    side_flops = {}
+    for name, network in side.items():
+        with torch.device("meta"):
+            probe = torch.zeros(1, 3, network.input_size, network.input_size)
+        side_flops[name] = forward_flops(network, probe)
+
+    size = CONDITIONS[experiment.condition].size
+    flops = []
+    for arm in experiment.arms:
+        with torch.device("meta"):
+            model, _ = build_arm(arm, 8, side)
+            images = torch.zeros(1, 3, size, size)
+            kwargs = {}
+            if arm.options.get("heatmaps") == "ground_truth":
+                kwargs["landmarks"] = torch.zeros(1, 68, 2)
+            if arm.options.get("parts") == "ground_truth":
+                kwargs["masks"] = torch.zeros(1, 11, size, size)
+        total = forward_flops(model, images, **kwargs)
+        frozen = sum(
+            side_flops[n] for n in ("fan", "parser") if getattr(model, n, None) is not None
+        )
+        flops.append(total - frozen * 2 / 3)
+    return flops
+
+
 def estimate_seconds(cfg: StudyConfig, device: torch.device) -> float:
     """A rough wall-time estimate made before the study starts (printed as its ETA).
 
-    Times one training step of every arm (after one untimed step, with untrained side networks
-    of the real size), one side-network step and the rendering of a few faces, and scales them
-    by the planned numbers of steps and images. Evaluation is not counted.
+    Times three training steps of the cheapest arm (the GNAP experiment's FC baseline: the plain
+    network) and the rendering of a few faces, then scales the step time by each arm's forward
+    FLOPs (counted on the meta device) and the planned numbers of steps and images. Side
+    networks and evaluation are counted the same way (a side-network step as three forwards).
     """
     import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
 
-    from faceaux.demo.train import side_inputs, to_model_range
+    from faceaux.data.synthetic import SyntheticFaces
+    from faceaux.demo.train import to_model_range
     from faceaux.models.hourglass import FAN, StackedHourGlass
     from faceaux.study.side_networks import INPUT_SIZE
 
     experiments = [EXPERIMENTS[name] for name in cfg.experiments]
-    side = {
-        "fan": FAN(2, 68, num_features=32, input_size=INPUT_SIZE).freeze(),
-        "parser": StackedHourGlass(2, 11, num_features=32, depth=3, input_size=INPUT_SIZE).freeze(),
-    }
+    with torch.device("meta"):
+        side = {
+            "fan": FAN(2, 68, num_features=32, input_size=INPUT_SIZE).freeze(),
+            "parser": StackedHourGlass(
+                2, 11, num_features=32, depth=3, input_size=INPUT_SIZE
+            ).freeze(),
+        }
+    reference = EXPERIMENTS["gnap"]
+    model, head = build_arm(reference.arms[0], 8, {})
+    model.to(device).train()
+    head.to(device)
+    images = torch.rand(cfg.batch_size, 3, 56, 56, device=device) * 2 - 1
+    labels = torch.arange(cfg.batch_size, device=device) % 8
+    times = []
+    for _ in range(3):  # the first step pays one-time costs; the fastest of the others
+        start = time.perf_counter()
+        F.cross_entropy(head(model(to_model_range(images)), labels), labels).backward()
+        times.append(time.perf_counter() - start)
+    step = min(times[1:])
+    base_flops = _arm_flops(reference, side)[0]
     steps = max(1, cfg.train_identities * cfg.images_per_identity // cfg.batch_size) * cfg.epochs
+    test_images = cfg.test_identities * 8
     total = 0.0
-    sample = {}
-    for name, spec in CONDITIONS.items():
-        if any(e.condition == name for e in experiments):
-            start = time.perf_counter()
-            from faceaux.data.synthetic import SyntheticFaces
-
-            data = SyntheticFaces(2, 4, size=(spec.size, spec.size), seed=0, **spec.train)
-            per_image = (time.perf_counter() - start) / 8
-            images = cfg.seeds * (
-                cfg.train_identities * cfg.images_per_identity + cfg.test_identities * 8
-            )
-            total += per_image * images
-            sample[name] = _split(data)
     for experiment in experiments:
-        batch = sample[experiment.condition].batch(torch.arange(8).repeat(cfg.batch_size // 8 + 1))
-        batch = {k: v[: cfg.batch_size].to(device) for k, v in batch.items()}
-        for arm in experiment.arms:
-            model, head = build_arm(arm, 8, side)
-            model.to(device).train()
-            head.to(device)
-            seconds = []
-            for _ in range(2):
-                start = time.perf_counter()
-                out = model.forward_aux(to_model_range(batch["image"]), **side_inputs(model, batch))
-                F.cross_entropy(head(out["embedding"], batch["label"]), batch["label"]).backward()
-                seconds.append(time.perf_counter() - start)
-            total += seconds[-1] * steps * cfg.seeds
-    needs = {n for e in experiments for n in e.needs}
-    total += cfg.side_steps * sum(_step_seconds(side[n], device) for n in needs)
-    return total
-
-
-def _step_seconds(network: torch.nn.Module, device: torch.device) -> float:
-    from faceaux.study.side_networks import INPUT_SIZE
-
-    network = network.to(device)
-    network.unfreeze().train()
-    x = torch.rand(32, 3, INPUT_SIZE, INPUT_SIZE, device=device)
-    network.forward_features(x)["heatmaps.2"].square().mean().backward()
+        for flops in _arm_flops(experiment, side):
+            scale = flops / base_flops
+            # training steps, plus embedding the test set with flips (two forwards, ~2/3 step)
+            total += cfg.seeds * step * scale * (steps + test_images / cfg.batch_size)
     start = time.perf_counter()
-    network.forward_features(x)["heatmaps.2"].square().mean().backward()
-    return time.perf_counter() - start
+    SyntheticFaces(1, 8, size=(64, 64), seed=0)
+    per_image = (time.perf_counter() - start) / 8
+    images_rendered = sum(
+        cfg.seeds * (cfg.train_identities * cfg.images_per_identity + test_images)
+        for name in {e.condition for e in experiments}
+    )
+    total += per_image * images_rendered
+    for name in {n for e in experiments for n in e.needs}:
+        with torch.device("meta"):
+            probe = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE)
+            network = side[name]
+        network.eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            network(probe)
+        ratio = counter.get_total_flops() / base_flops
+        total += cfg.side_steps * step * ratio * 32 / cfg.batch_size  # 32 images per step
+    return total
 
 
 def run_study(cfg: StudyConfig) -> dict[str, Any]:
