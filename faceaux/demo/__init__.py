@@ -55,6 +55,7 @@ __all__ = [
     "VARIANTS",
     "DemoConfig",
     "add_parser",
+    "add_run_arguments",
     "build_variant",
     "default_device",
     "default_threads",
@@ -336,26 +337,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help=f"training epochs per variant (default: {defaults.epochs}; {FAST['epochs']} with "
         "--fast)",
     )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed for data, init and batches (default: 0)"
-    )
-    parser.add_argument(
-        "--device",
-        default="auto",
-        help="torch device: cpu, cuda, or auto (default: auto, cuda when available)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads (default: the cores this process may use, at most 8)",
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars or messages")
-    parser.add_argument(
-        "--out",
-        default="faceaux-demo",
-        help="folder for results and ROC plot (default: faceaux-demo)",
-    )
+    add_run_arguments(parser, "faceaux-demo", "seed for data, init and batches")
     parser.add_argument(
         "--data",
         default=None,
@@ -374,6 +356,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.set_defaults(handler=main)
     return parser
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, out: str, seed_help: str) -> None:
+    """The options ``faceaux demo`` and ``faceaux study`` share: ``--seed``, ``--device``,
+    ``--threads``, ``--quiet`` and ``--out`` (default ``out``)."""
+    parser.add_argument("--seed", type=int, default=0, help=f"{seed_help} (default: 0)")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="torch device: cpu, cuda, or auto (default: auto, cuda when available)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads (default: the cores this process may use, at most 8)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+    parser.add_argument("--out", default=out, help=f"folder for the results (default: {out})")
 
 
 def config_from_args(args: argparse.Namespace) -> DemoConfig:

@@ -440,6 +440,8 @@ class _Progress:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``faceaux study`` on the CLI's sub-parsers."""
+    from faceaux.demo import add_run_arguments
+
     parser = subparsers.add_parser(
         "study",
         help="test each paper's claim on synthetic faces, with seeds and confidence intervals",
@@ -457,28 +459,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=None,
         help=f"seeds per arm, at least 2 (default: {defaults.seeds}; {FAST['seeds']} with --fast)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="the first seed (default: 0)")
-    parser.add_argument(
-        "--device",
-        default="auto",
-        help="torch device: cpu, cuda, or auto (default: auto, cuda when available)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads (default: the cores this process may use, at most 8)",
-    )
-    parser.add_argument(
-        "--out", default="faceaux-study", help="folder for the report (default: faceaux-study)"
-    )
+    add_run_arguments(parser, "faceaux-study", "the first seed")
     parser.add_argument(
         "--fast",
         action="store_true",
         help="a tiny run of every experiment (about 2 minutes on 2 CPU cores) for CI; its "
         "numbers mean nothing",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     parser.set_defaults(handler=main)
     return parser
 
