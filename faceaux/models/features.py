@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from faceaux._checks import (
@@ -104,6 +105,16 @@ def check_images(
     raise_bad_data(checks)
 
 
+def no_classifier_message(num_classes: object) -> str:
+    """The error for timm's ``num_classes=N``: faceaux models end in the embedding."""
+    return (
+        f"num_classes: faceaux models end in the embedding, with no classifier (timm's "
+        f"num_classes=0); received {num_classes!r}: train the identities with a margin head on "
+        f"the embedding instead, e.g. faceaux.ArcFace(embedding_size, {num_classes}) or "
+        f"faceaux.PartialFC"
+    )
+
+
 Tap = Callable[[str, torch.Tensor], torch.Tensor]
 """A stage tap: ``tap(module_name, feature) -> feature`` (return the feature to leave it)."""
 
@@ -166,6 +177,35 @@ class StagedBackbone(nn.Module):
     feature_info: list[dict]
     first_conv: str = "conv1"
     """Name of the first convolution (grown when heatmaps are stacked with the image)."""
+    grad_checkpointing: bool = False
+    """Whether blocks are recomputed in the backward pass (:meth:`set_grad_checkpointing`)."""
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's switch: recompute every block in the backward pass instead of storing it.
+
+        With ``enable``, each block of every stage runs under ``torch.utils.checkpoint``
+        (non-reentrant) whenever the model is in training mode with gradients enabled, so only
+        the blocks' inputs are kept for the backward pass; outputs, gradients and state-dict
+        keys do not change. In eval mode or under ``torch.no_grad`` nothing changes. A stage
+        then always runs block by block (as with a tap), so forward hooks on a stage container
+        do not fire (hooks on its blocks do). ``faceaux train --grad-checkpointing true`` calls
+        it.
+        """
+        self.grad_checkpointing = bool(enable)
+
+    def reset_classifier(self, num_classes: int = 0) -> None:
+        """timm's ``reset_classifier``: faceaux backbones have no classifier to reset.
+
+        Their output is the embedding — what a timm model gives with ``num_classes=0`` — so
+        ``reset_classifier(0)`` leaves the model as it is; identities are trained with a
+        margin head on the embedding (``faceaux.ArcFace(model.embedding_size, N)``,
+        ``PartialFC``), which needs the labels and so is not part of the model.
+
+        Raises:
+            ValueError: for ``num_classes`` other than 0.
+        """
+        if num_classes != 0:
+            raise ValueError(no_classifier_message(num_classes))
 
     def first_conv_module(self) -> nn.Conv2d:
         """The first convolution, e.g. to grow it with :func:`faceaux.expand_input_channels`."""
@@ -187,10 +227,15 @@ class StagedBackbone(nn.Module):
 
     def _run_stage(self, index: int, x: torch.Tensor, tap: Tap | None) -> torch.Tensor:
         info = self.feature_info[index]
-        if tap is None and info["module"] not in info["blocks"]:
+        recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        if tap is None and not recompute and info["module"] not in info["blocks"]:
             return self.get_submodule(info["module"])(x)  # the stage container itself
         for name in info["blocks"]:
-            x = self.get_submodule(name)(x)
+            block = self.get_submodule(name)
+            if recompute:
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
             if tap is not None:
                 x = tap(name, x)
         if tap is not None and info["module"] != info["blocks"][-1]:

@@ -9,6 +9,15 @@ supplies (``torch.load(path, weights_only=True)``; there is no download path, th
 touches the network). The registry is the one table that ``faceaux bench``, the demo and the
 tests read.
 
+timm's conventions that hold: ``create_model(name, pretrained=False, num_classes=...,
+features_only=..., out_indices=..., checkpoint_path=...)``, ``list_models(pattern)``,
+``model.pretrained_cfg`` (``input_size``, ``mean``, ``std``), and on the backbones
+``feature_info``, ``forward_features``/``forward_head``, ``forward_intermediates``,
+``set_grad_checkpointing`` and ``reset_classifier(0)``. Where faceaux differs: no weights are
+downloaded (``pretrained=True`` raises; give ``checkpoint_path``), and a model's output is the
+embedding, so ``num_classes`` may only be 0 (the margin head that trains the identities takes
+the labels and lives outside the model).
+
 Examples:
     >>> from faceaux.models import create_model, list_models
     >>> "iresnet50" in list_models()
@@ -26,14 +35,17 @@ import fnmatch
 import importlib
 import os
 import pickle
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
+from faceaux.models.features import no_classifier_message, resolve_indices
+
 __all__ = [
     "DEFAULT_CFG",
+    "StageFeatures",
     "create_model",
     "get_model_cfg",
     "list_models",
@@ -154,11 +166,13 @@ def get_model_cfg(name: str) -> dict[str, Any]:
     return copy.deepcopy(_CFGS[_check_name(name)])
 
 
-def list_models(pattern: str | None = None) -> list[str]:
+def list_models(pattern: str | None = None, pretrained: bool = False) -> list[str]:
     """Sorted names of the registered models, optionally filtered by a shell-style pattern.
 
     Args:
         pattern: e.g. ``"iresnet*"`` or ``"*gnap"``; ``None`` lists everything.
+        pretrained: timm's filter for models with downloadable weights: faceaux has none, so
+            ``True`` gives ``[]`` (weights come from files you give, ``checkpoint_path=``).
 
     Shape:
         No tensors: returns a sorted ``list[str]`` of names for :func:`create_model`.
@@ -170,7 +184,7 @@ def list_models(pattern: str | None = None) -> list[str]:
     if pattern is not None and not isinstance(pattern, str):
         raise TypeError(f"pattern: expected a str or None, received {type(pattern).__name__}")
     _import_builtins()
-    names = sorted(_MODELS)
+    names = [] if pretrained else sorted(_MODELS)
     if pattern is not None:
         names = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
     return names
@@ -235,20 +249,97 @@ def load_checkpoint(
     return model
 
 
+class StageFeatures(nn.Module):
+    """timm's ``features_only`` model: the stage feature maps of a backbone, as a list.
+
+    Wraps a model that speaks the stage contract (:class:`faceaux.models.StagedBackbone`: every
+    registered backbone) and returns the outputs of the stages ``out_indices`` with
+    ``forward_intermediates(images, out_indices, intermediates_only=True)``: the stages after
+    the last requested one, and the output stage, do not run. ``feature_info`` describes the
+    returned maps, with timm's ``channels()``, ``reduction()`` and ``module_name()``. The
+    wrapped model is ``.model``, so state-dict keys gain a ``model.`` prefix (load weights
+    before wrapping: ``create_model(name, features_only=True, checkpoint_path=...)`` does).
+
+    Args:
+        model: a backbone with ``feature_info`` and ``forward_intermediates``.
+        out_indices: timm's stage selection: ``None`` all stages, an int n the last n, or a
+            sequence of indices (negative ones count from the end).
+
+    Shape:
+        - images: ``(B, C, H, W)``
+        - output: a list with one ``(B, C_i, H / r_i, W / r_i)`` map per selected stage
+
+    Examples:
+        >>> features = create_model("iresnet_nano", features_only=True, out_indices=(1, -1))
+        >>> [tuple(f.shape) for f in features.eval()(torch.rand(1, 3, 112, 112))]
+        [(1, 32, 28, 28), (1, 128, 7, 7)]
+        >>> features.feature_info.channels(), features.feature_info.reduction()
+        ([32, 128], [4, 16])
+    """
+
+    def __init__(self, model: nn.Module, out_indices: int | Sequence[int] | None = None) -> None:
+        super().__init__()
+        info = getattr(model, "feature_info", None)
+        if not callable(getattr(model, "forward_intermediates", None)) or not info:
+            raise ValueError(
+                f"features_only: {type(model).__name__} does not give its stage maps "
+                "(feature_info and forward_intermediates); the registered backbones do, while "
+                "the papers' FaceRecognizer configurations run side networks and taps inside "
+                "their stages: take create_model(backbone_name, features_only=True)"
+            )
+        self.model = model
+        self.out_indices = resolve_indices(out_indices, len(info))
+        self.feature_info = _FeatureInfo(dict(info[i], index=i) for i in self.out_indices)
+        if hasattr(model, "pretrained_cfg"):
+            self.pretrained_cfg = model.pretrained_cfg
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The selected stages' maps, in stage order."""
+        return self.model.forward_intermediates(images, self.out_indices, intermediates_only=True)
+
+
+class _FeatureInfo(list):
+    """A list of stage dicts with timm's ``FeatureInfo`` accessors."""
+
+    def channels(self) -> list[int]:
+        return [stage["num_chs"] for stage in self]
+
+    def reduction(self) -> list[int]:
+        return [stage["reduction"] for stage in self]
+
+    def module_name(self) -> list[str]:
+        return [stage["module"] for stage in self]
+
+
 def create_model(
     name: str,
+    pretrained: bool = False,
     *,
     checkpoint_path: str | os.PathLike | None = None,
     strict: bool = True,
+    num_classes: int | None = None,
+    features_only: bool = False,
+    out_indices: int | Sequence[int] | None = None,
     **kwargs,
 ) -> nn.Module:
     """Build the registered model ``name`` with its configuration ``kwargs``.
 
+    timm's signature, where it means the same thing (see the module docstring for what holds).
+
     Args:
         name: a name from ``list_models()``.
+        pretrained: must be ``False``: faceaux downloads nothing. Give the weights you have
+            with ``checkpoint_path`` (InsightFace's IResNet backbones load as they are).
         checkpoint_path: optional path of a state dict to load after building (no download:
             the file must already be on disk).
         strict: with ``checkpoint_path``, require the keys to match exactly.
+        num_classes: ``None`` or 0: the model ends in the embedding (timm's ``num_classes=0``);
+            a classifier over identities is a margin head outside the model, so other values
+            raise.
+        features_only: return a :class:`StageFeatures` over the model: ``model(images)`` is
+            then the list of stage feature maps (timm's ``features_only``); backbones only.
+        out_indices: with ``features_only``, the stages to return (timm's convention; default
+            all).
         **kwargs: passed to the model's builder (e.g. ``embedding_size=256``).
 
     The model gets ``model.pretrained_cfg``: its :func:`get_model_cfg` configuration, with
@@ -257,16 +348,31 @@ def create_model(
 
     Shape:
         The model's own contract; the recognizers map ``(B, 3, H, W)`` images (112×112 by
-        default) to ``(B, embedding_size)`` embeddings (see the "Reference models" docs page).
+        default) to ``(B, embedding_size)`` embeddings (see the "Reference models" docs page);
+        with ``features_only``, to a list of ``(B, C_i, h_i, w_i)`` stage maps.
 
     Raises:
-        ValueError: unknown ``name`` (the message lists the closest registered names).
+        ValueError: unknown ``name`` (the message lists the closest registered names),
+            ``pretrained=True``, ``num_classes`` other than 0, ``features_only`` for a model
+            without the stage contract, bad ``out_indices``, or a checkpoint that does not match.
 
     Examples:
         >>> model = create_model("iresnet_nano", embedding_size=64)
         >>> model(torch.randn(2, 3, 112, 112)).shape
         torch.Size([2, 64])
+        >>> model.pretrained_cfg["input_size"], model.pretrained_cfg["mean"]
+        ((3, 112, 112), (0.5, 0.5, 0.5))
     """
+    if pretrained is not False:
+        raise ValueError(
+            f"pretrained: faceaux never downloads weights (received pretrained={pretrained!r}); "
+            "pass checkpoint_path= a state dict you have, e.g. InsightFace's backbone.pth for "
+            "an IResNet"
+        )
+    if num_classes not in (None, 0):
+        raise ValueError(no_classifier_message(num_classes))
+    if out_indices is not None and not features_only:
+        raise ValueError("out_indices: only used with features_only=True")
     builder = _MODELS[_check_name(name)]
     model = builder(**kwargs)
     cfg = get_model_cfg(name)
@@ -278,4 +384,6 @@ def create_model(
     model.pretrained_cfg = cfg
     if checkpoint_path is not None:
         load_checkpoint(model, checkpoint_path, strict=strict)
+    if features_only:
+        return StageFeatures(model, out_indices)
     return model
