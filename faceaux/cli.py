@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="faceaux",
         description="Drop-in face-recognition layers for PyTorch.",
+        epilog="Run 'faceaux COMMAND --help' for a command's options and their defaults.",
     )
     parser.add_argument("--version", action="version", version=f"faceaux {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -124,7 +124,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="L2-normalise IJB image embeddings before pooling (default: keep the norms, as "
         "InsightFace)",
     )
-    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    parser.add_argument(
+        "--json",
+        default=None,
+        metavar="FILE",
+        help="also write the figures to this JSON file (default: none, print only)",
+    )
     parser.set_defaults(handler=run)
     return parser
 
