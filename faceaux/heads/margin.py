@@ -37,6 +37,7 @@ from faceaux._checks import (
     label_check,
     raise_bad_data,
     stable_normalize,
+    stable_vector_norm,
 )
 
 MarginGrad = Literal["exact", "straight_through"]
@@ -130,36 +131,62 @@ def _fallback_constant(m1: float, m2: float) -> tuple[float, float]:
     return theta_star, max(m2 * math.sin(m2), 1.0 + math.cos(theta_star))
 
 
-def _safe_acos(cosine: torch.Tensor) -> torch.Tensor:
-    """``acos`` with the exact value on [−1, 1] and a finite gradient at ±1.
+def margin_target(
+    cosine: torch.Tensor,
+    m1: float,
+    m2: float,
+    m3: float,
+    easy_margin: bool = False,
+    margin_grad: MarginGrad = "exact",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The margin's target function ``ψ(c) = cos(m1·acos c + m2) − m3`` and its slope ``dψ/dc``.
 
-    The gradient is that of ``acos(clamp(cosine, −1 + ε, 1 − ε))`` (ε the dtype's machine
-    epsilon: about ``1/sqrt(2ε)`` at most, zero beyond the clamp); the value is corrected to
-    ``acos(clamp(cosine, −1, 1))`` outside the graph, so θ is exactly 0 for a cosine of 1.
+    Target cosines ``c`` (float32 or float64, any shape) in, ``(ψ(c), dψ/dc)`` out, both written
+    out rather than left to autograd, so that the fused and streaming heads can apply the margin
+    to one column without a graph. The definition is :func:`margin_logits`'s:
+
+    - ``acos`` has the exact value of ``acos(clamp(c, −1, 1))`` and the slope it has at ``c``
+      clamped into ``[−1 + ε, 1 − ε]`` (ε the dtype's machine epsilon), which is zero outside
+      that interval: ``dψ/dc = m1·sin(m1·θ + m2) / sqrt(1 − c²)``, at most ``m1/sqrt(2ε)``;
+    - past ``θ* = (π − m2)/m1`` the target falls back to ``c − m3 − mm`` (slope 1), see
+      ``_fallback_constant``; with ``easy_margin`` the margin applies only where ``c > 0``;
+    - ``m1 = 1, m2 = 0`` (CosFace) computes no angle: ``ψ = c − m3``, slope 1;
+    - ``margin_grad="straight_through"`` keeps the value and sets the slope to 1.
     """
-    eps = torch.finfo(cosine.dtype).eps
-    inner = torch.acos(cosine.clamp(-1 + eps, 1 - eps))
-    with torch.no_grad():
-        correction = torch.acos(cosine.clamp(-1.0, 1.0)) - inner
-    return inner + correction
-
-
-def _target_with_margin(
-    target: torch.Tensor, m1: float, m2: float, m3: float, easy_margin: bool
-) -> torch.Tensor:
-    """``cos(m1·θ + m2) − m3`` for target cosines ``(B,)`` (float32/float64), with fallbacks."""
     if m1 == 1.0 and m2 == 0.0:  # CosFace / plain softmax: no angle needed, exact and smooth
-        margin = target - m3
+        value, slope = cosine - m3, torch.ones_like(cosine)
     else:
-        theta = _safe_acos(target)
-        margin = torch.cos(m1 * theta + m2) - m3
+        eps = torch.finfo(cosine.dtype).eps
+        clamped = cosine.clamp(-1 + eps, 1 - eps)
+        inner = torch.acos(clamped)
+        theta = inner + (torch.acos(cosine.clamp(-1.0, 1.0)) - inner)  # exact at ±1
+        angle = m1 * theta + m2
+        value = torch.cos(angle) - m3
+        inside = (cosine >= -1 + eps) & (cosine <= 1 - eps)
+        slope = m1 * torch.sin(angle) * torch.rsqrt(1 - clamped * clamped)
+        slope = torch.where(inside, slope, 0.0)
         if not easy_margin:
             theta_star, mm = _fallback_constant(m1, m2)
             if theta_star < math.pi:
-                margin = torch.where(theta <= theta_star, margin, target - m3 - mm)
+                fallback = theta > theta_star
+                value = torch.where(fallback, cosine - m3 - mm, value)
+                slope = torch.where(fallback, 1.0, slope)
     if easy_margin:
-        margin = torch.where(target > 0, margin, target)
-    return margin
+        positive = cosine > 0
+        value = torch.where(positive, value, cosine)
+        slope = torch.where(positive, slope, 1.0)
+    if margin_grad == "straight_through":
+        value, slope = cosine + (value - cosine), torch.ones_like(cosine)
+    return value, slope
+
+
+def with_slope(x: torch.Tensor, value: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
+    """``value`` (computed without a graph) whose gradient with respect to ``x`` is ``slope``.
+
+    ``value + slope·(x − x.detach())``: the second term is exactly zero, its derivative is
+    ``slope`` (finite by construction of :func:`margin_target`).
+    """
+    return value.detach() + slope.detach() * (x - x.detach())
 
 
 def margin_logits(
@@ -265,13 +292,9 @@ def margin_logits(
     target = cosine.gather(1, index).squeeze(1)  # (B,)
     with autocast_disabled(cosine.device):
         exact = target.float() if target.dtype in _LOW_PRECISION else target
-        if margin_grad == "exact":
-            new_target = _target_with_margin(exact, m1, m2, m3, easy_margin)
-        else:
-            with torch.no_grad():
-                shift = _target_with_margin(exact, m1, m2, m3, easy_margin) - exact
-            new_target = exact + shift
-        new_target = torch.where(has_target, new_target, exact)
+        with torch.no_grad():
+            value, slope = margin_target(exact, m1, m2, m3, easy_margin, margin_grad)
+        new_target = torch.where(has_target, with_slope(exact, value, slope), exact)
         new_target = (s * new_target).to(cosine.dtype)
 
     logits = cosine * s
@@ -354,6 +377,8 @@ class _CosineToCentres(torch.autograd.Function):
 def _cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Cast, saturating at the dtype's largest finite value (1/‖W‖ of a dead centre in fp16)."""
     largest = torch.finfo(dtype).max
+    if torch.finfo(x.dtype).max <= largest:  # nothing to saturate (float32 into float32/64)
+        return x.to(dtype)
     return x.clamp(-largest, largest).to(dtype)
 
 
@@ -373,6 +398,229 @@ def normalized_cosine(embeddings: torch.Tensor, weight: torch.Tensor) -> torch.T
         unit, weight = unit.to(dtype), weight.to(dtype)
     with autocast_disabled(embeddings.device):
         return _CosineToCentres.apply(unit, weight)
+
+
+def row_norms(x: torch.Tensor) -> torch.Tensor:
+    """L2 norms of the rows of ``x (B, D)`` in float64, without overflow or underflow.
+
+    float16/bfloat16/float32 rows are reduced in float64 (their squares cannot overflow there:
+    one reduction); float64 rows use :func:`~faceaux._checks.stable_vector_norm`.
+    """
+    if x.dtype == torch.float64:
+        return stable_vector_norm(x, dim=1)
+    return torch.linalg.vector_norm(x, dim=1, dtype=torch.float64)
+
+
+def _coefficient(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A per-row coefficient for ``addcmul_`` on ``dtype`` tensors: float16 keeps float32 (its
+    range is too small for ``1/‖W‖²``), other dtypes get the value cast (saturated)."""
+    return x if dtype == torch.float16 else _cast(x, dtype)
+
+
+def _linear_backward(
+    grad: torch.Tensor,
+    unit: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    needs_x: bool,
+    needs_w: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``(dz·W, dzᵀ·x̂)`` for ``dz = grad·scale`` (one scale per column), without forming ``dz``.
+
+    The centres' gradient buffer ``(C, D)`` first holds the scaled centres ``scale_c·W_c`` (for
+    ``grad·(scale·W)``), then ``gradᵀ·x̂`` with its rows scaled in place: no ``(B, C)``
+    temporary, and no allocation beyond the ``(C, D)`` gradient itself.
+    """
+    grad_unit = grad_weight = None
+    if needs_w:
+        if needs_x:
+            grad_weight = weight * scale.unsqueeze(1)
+            grad_unit = grad @ grad_weight
+            torch.mm(grad.t(), unit, out=grad_weight)
+        else:
+            grad_weight = grad.t() @ unit
+        grad_weight.mul_(scale.unsqueeze(1))
+    elif needs_x:
+        grad_unit = (grad * scale) @ weight
+    return grad_unit, grad_weight
+
+
+def _row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``Σ_d a_cd·b_cd`` for every row of two ``(C, D)`` tensors, without a ``(C, D)`` temporary.
+
+    Small batched products over blocks of 4 rows (the diagonal of each 4×4 block is kept):
+    faster than one dot per row, and no element-wise product is materialised.
+    """
+    rows, size = a.shape
+    block = 4 if rows % 4 == 0 else 2 if rows % 2 == 0 else 1
+    blocks = torch.bmm(a.reshape(-1, block, size), b.reshape(-1, block, size).transpose(1, 2))
+    return blocks.diagonal(dim1=1, dim2=2).reshape(rows)
+
+
+class _MarginLogits(torch.autograd.Function):
+    """Margin logits ``(B, C)`` straight from raw embeddings and centres, in one graph node.
+
+    The fused form of ``margin_logits(normalized_cosine(x, W), y)`` used by the modules: the
+    embeddings are normalised here, the centres never are (their norms scale the product's
+    columns, ``s/‖W_c‖`` in the same pass as the scale), the margin touches the target column
+    only, and the backward is written out, so that a training step costs the two matrix products
+    of a linear layer plus a few passes over ``(B, C)`` and ``(C, D)``, with no ``(B, C)``
+    tensor saved for backward:
+
+    - ``dL/dz_bc = g_bc·s/‖W_c‖`` (``g`` the incoming gradient), except at the targets, where
+      ``s`` becomes the margin's slope ``s·ψ'(cos θ_y)`` (:func:`margin_target`);
+    - ``dL/dx̂ = dz·W`` and ``dL/dW_c = P_c − (W_c·P_c)/‖W_c‖²·W_c`` with ``P = dzᵀ·x̂`` (the
+      radial part of ``P`` removed: the derivative of ``W_c/‖W_c‖``); centres of norm ≤ 1e-12
+      are divided by 1e-12 and get no radial term, as with ``F.normalize``;
+    - ``dL/dx = (dL/dx̂ − (x̂·dL/dx̂)·x̂)/‖x‖`` (no radial term below the same 1e-12).
+
+    ``k > 1`` (sub-centres): the centres are ``(C·k, D)`` and a class's cosine is the largest of
+    its ``k``; its gradient goes to that sub-centre (the first one on a tie).
+    """
+
+    @staticmethod
+    def forward(ctx, embeddings, weight, labels, k, s, m1, m2, m3, easy, margin_grad, ignore):
+        compute = weight.dtype
+        accumulate = torch.float32 if compute in _LOW_PRECISION else compute
+        work = torch.promote_types(embeddings.dtype, torch.float32)
+        x_norms = row_norms(embeddings)
+        x_inverse = x_norms.clamp_min(_NORM_EPS).reciprocal().to(work)
+        unit = (embeddings.to(work) * x_inverse.unsqueeze(1)).to(compute)
+        w_norms = torch.linalg.vector_norm(weight, dim=1, dtype=accumulate)
+        w_inverse = w_norms.clamp_min(_NORM_EPS).reciprocal()
+        scale = s * w_inverse  # d logit / d z off the targets
+        # 1/‖W_c‖² for the radial part of dL/dW, 0 where the norm is clamped (no gradient there)
+        radial = torch.threshold(w_norms, _NORM_EPS, math.inf).pow(-2)
+        products = unit @ weight.t()  # (B, C·k)
+        index = chosen = target_slope = None
+        if labels is not None:
+            has_target = labels != ignore
+            index = torch.where(has_target, labels, 0).long().unsqueeze(1)  # (B, 1)
+        if k == 1:
+            if index is not None:
+                target_inverse = _cast(w_inverse[index.squeeze(1)], compute)
+                target = products.gather(1, index).squeeze(1) * target_inverse
+            logits = products.mul_(_cast(scale, compute))
+        else:
+            cosine = products.mul_(_cast(w_inverse, compute)).unflatten(1, (-1, k))
+            logits, chosen = cosine.max(dim=2)  # (B, C): the closest sub-centre's cosine
+            if index is not None:
+                target = logits.gather(1, index).squeeze(1)
+            logits.mul_(s)
+        if index is not None:
+            exact = target.to(accumulate)
+            value, slope = margin_target(exact, m1, m2, m3, easy, margin_grad)
+            current = logits.gather(1, index).squeeze(1)
+            logits.scatter_(
+                1, index, torch.where(has_target, (s * value).to(compute), current)[:, None]
+            )
+            target_slope = torch.where(has_target, s * slope, s)  # d logit_y / d cos θ_y
+        ctx.s, ctx.k, ctx.work = s, k, work
+        ctx.save_for_backward(
+            embeddings,
+            x_norms,
+            x_inverse,
+            unit,
+            weight,
+            w_inverse,
+            scale,
+            radial,
+            index,
+            target_slope,
+            chosen,
+        )
+        return logits
+
+    @staticmethod
+    def backward(ctx, grad):
+        (
+            embeddings,
+            x_norms,
+            x_inverse,
+            unit,
+            weight,
+            w_inverse,
+            scale,
+            radial,
+            index,
+            target_slope,
+            chosen,
+        ) = ctx.saved_tensors
+        s, k, work = ctx.s, ctx.k, ctx.work
+        needs_x, needs_w = ctx.needs_input_grad[:2]
+        grad_unit = grad_weight = grad_embeddings = None
+        with autocast_disabled(grad.device):
+            scale = _cast(s * w_inverse, grad.dtype)  # d logit_bc / d z_bc off the targets
+            if k == 1:
+                grad_unit, grad_weight = _linear_backward(
+                    grad, unit, weight, scale, needs_x, needs_w
+                )
+                if index is not None:  # the targets' d logit / d z is the margin's slope instead
+                    target = index.squeeze(1)
+                    grad_target = grad.gather(1, index).squeeze(1).to(target_slope.dtype)
+                    change = grad_target * (target_slope - s) * w_inverse[target]
+                    change = _cast(change, grad.dtype).unsqueeze(1)
+                    if needs_x:
+                        grad_unit.addcmul_(weight[target], change)
+                    if needs_w:
+                        grad_weight.index_add_(0, target, unit * change)
+            else:
+                grad_cosine = grad * s  # (B, C)
+                if index is not None:
+                    grad_target = grad.gather(1, index).squeeze(1).to(target_slope.dtype)
+                    grad_cosine.scatter_(
+                        1, index, (grad_target * target_slope).to(grad.dtype)[:, None]
+                    )
+                batch, classes = grad_cosine.shape
+                grad_products = grad.new_zeros(batch, classes, k)
+                grad_products.scatter_(2, chosen.unsqueeze(2), grad_cosine.unsqueeze(2))
+                grad_products = grad_products.flatten(1).mul_(_cast(w_inverse, grad.dtype))
+                if needs_x:
+                    grad_unit = grad_products @ weight
+                if needs_w:
+                    grad_weight = grad_products.t() @ unit
+            if needs_w:  # remove the radial part: the derivative of W_c / ‖W_c‖
+                along = _row_dots(grad_weight, weight).to(w_inverse.dtype)
+                along = along * radial
+                grad_weight.addcmul_(weight, _coefficient(along, weight.dtype)[:, None], value=-1)
+            if needs_x:  # through x̂ = x / ‖x‖
+                grad_unit = grad_unit.to(work)
+                unit_work = unit if unit.dtype == work else embeddings.to(work) * x_inverse[:, None]
+                radial = torch.einsum("bd,bd->b", grad_unit, unit_work)
+                radial = torch.where(x_norms > _NORM_EPS, radial, 0.0)
+                grad_unit.addcmul_(unit_work, radial.unsqueeze(1), value=-1)
+                grad_embeddings = grad_unit.mul_(x_inverse.unsqueeze(1)).to(embeddings.dtype)
+        return grad_embeddings, grad_weight, *([None] * 9)
+
+
+def fused_margin_logits(
+    embeddings: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor | None,
+    *,
+    k: int = 1,
+    s: float = 64.0,
+    m1: float = 1.0,
+    m2: float = 0.5,
+    m3: float = 0.0,
+    easy_margin: bool = False,
+    margin_grad: MarginGrad = "exact",
+    ignore_index: int = -1,
+) -> torch.Tensor:
+    """``margin_logits(normalized_cosine(embeddings, weight), labels, ...)`` in one fused step.
+
+    Inputs are not checked here (the modules check them first). ``weight`` is ``(C·k, D)``
+    (``k`` sub-centres per class, consecutive rows); ``labels=None`` gives the scaled cosines
+    ``s·cos θ`` without a margin. Under autocast the products run in the autocast dtype, as
+    ``F.linear``'s, with norms and margin in float32 or wider. See ``_MarginLogits``.
+    """
+    device_type = embeddings.device.type
+    if device_type != "meta" and torch.is_autocast_enabled(device_type):
+        weight = weight.to(torch.get_autocast_dtype(device_type))
+    with autocast_disabled(embeddings.device):
+        return _MarginLogits.apply(
+            embeddings, weight, labels, k, s, m1, m2, m3, easy_margin, margin_grad, ignore_index
+        )
 
 
 class CombinedMargin(nn.Module):
@@ -452,22 +700,37 @@ class CombinedMargin(nn.Module):
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         self._check_inputs(embeddings, labels)
-        cosine = self._cosine(embeddings)
-        if labels is None:
-            return cosine * self.s
-        with inputs_already_checked():
-            return margin_logits(
-                cosine,
-                labels,
-                s=self.s,
-                m1=self.m1,
-                m2=self.m2,
-                m3=self.m3,
-                easy_margin=self.easy_margin,
-                margin_grad=self.margin_grad,
-                interclass_filtering_threshold=self.interclass_filtering_threshold,
-                ignore_index=self.ignore_index,
-            )
+        if labels is not None and self.interclass_filtering_threshold > 0:
+            with inputs_already_checked():  # the filter reads every cosine: the unfused path
+                return margin_logits(
+                    self._cosine(embeddings),
+                    labels,
+                    s=self.s,
+                    m1=self.m1,
+                    m2=self.m2,
+                    m3=self.m3,
+                    easy_margin=self.easy_margin,
+                    margin_grad=self.margin_grad,
+                    interclass_filtering_threshold=self.interclass_filtering_threshold,
+                    ignore_index=self.ignore_index,
+                )
+        return self._logits(embeddings, labels)
+
+    def _logits(self, embeddings: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """The fused forward (``labels=None``: ``s·cos θ``, no margin)."""
+        return fused_margin_logits(
+            embeddings,
+            self.weight.flatten(0, -2),
+            labels,
+            k=self.weight.shape[1] if self.weight.ndim == 3 else 1,
+            s=self.s,
+            m1=self.m1,
+            m2=self.m2,
+            m3=self.m3,
+            easy_margin=self.easy_margin,
+            margin_grad=self.margin_grad,
+            ignore_index=self.ignore_index,
+        )
 
     def extra_repr(self) -> str:
         return (
@@ -575,7 +838,7 @@ class NormSoftmax(CombinedMargin):
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         self._check_inputs(embeddings, labels)
-        return self._cosine(embeddings) * self.s
+        return self._logits(embeddings, None)
 
 
 class SubCenterArcFace(CombinedMargin):
