@@ -17,7 +17,6 @@ MARKUP = re.compile(r"``|:(class|func|meth|mod|data|attr|obj):`|\*\*")
 KNOWN = {
     "bench": "bench.py: Sphinx markup in the description; --device, --repeats, --warmup, "
     "--threads state no default",
-    "demo": "demo/__init__.py: --data and --train-data state no default",
 }
 
 

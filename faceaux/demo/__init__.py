@@ -342,9 +342,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--data",
         default=None,
         help="your own set: a folder of aligned crops (one folder per identity), or an "
-        "InsightFace .bin verification file (then also --train-data)",
+        "InsightFace .bin verification file (then also --train-data) (default: none, the "
+        "synthetic faces)",
     )
-    parser.add_argument("--train-data", default=None, help="training folder when --data is .bin")
+    parser.add_argument(
+        "--train-data",
+        default=None,
+        help="training folder when --data is a .bin file (default: none)",
+    )
     parser.add_argument(
         "--size",
         type=int,
