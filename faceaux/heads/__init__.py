@@ -1,4 +1,4 @@
-"""Margin heads (ArcFace and co.) and the sharded Partial-FC classifier."""
+"""Margin heads (ArcFace and co.), the streaming margin loss and the sharded Partial FC."""
 
 from faceaux.heads.adaptive import (
     AdaFace,
@@ -17,6 +17,7 @@ from faceaux.heads.margin import (
     margin_logits,
 )
 from faceaux.heads.partial_fc import PartialFC, shard_range, sharded_cross_entropy
+from faceaux.heads.streaming import margin_cross_entropy
 
 __all__ = [
     "AdaFace",
@@ -29,6 +30,7 @@ __all__ = [
     "SphereFace",
     "SubCenterArcFace",
     "adaface_logits",
+    "margin_cross_entropy",
     "margin_logits",
     "shard_range",
     "sharded_cross_entropy",

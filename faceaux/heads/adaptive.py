@@ -30,6 +30,7 @@ from faceaux.heads.margin import (
     check_sizes,
     inputs_already_checked,
     normalized_cosine,
+    with_slope,
 )
 
 
@@ -329,16 +330,41 @@ def adaface_logits(
         # the clamp of the target runs in float32 or wider: in bf16, 1 − 1e-3 rounds back to 1,
         # where acos has an infinite slope
         exact = target.float() if target.dtype in _LOW_PRECISION else target
-        exact = exact.clamp(-1 + eps, 1 - eps)
-        safe_norms = norms.detach().to(exact.dtype).clamp(0.001, 100.0)
-        z = ((safe_norms - batch_mean) / (batch_std + eps) * h).clamp(-1.0, 1.0)
-        g_angle, g_add = -m * z, m * z + m
-        theta = torch.acos(exact)
-        new_target = torch.cos((theta + g_angle).clamp(eps, math.pi - eps)) - g_add
-        new_target = torch.where(has_target, new_target, exact)
+        with torch.no_grad():
+            value, slope = adaface_target(exact, norms, batch_mean, batch_std, m, h, eps)
+        new_target = with_slope(exact, value, slope)
+        new_target = torch.where(has_target, new_target, exact.clamp(-1 + eps, 1 - eps))
         new_target = (s * new_target).to(cosine.dtype)
     logits = cosine * s
     return logits.scatter_(1, index, new_target.unsqueeze(1))
+
+
+def adaface_target(
+    cosine: torch.Tensor,
+    norms: torch.Tensor,
+    batch_mean: float | torch.Tensor,
+    batch_std: float | torch.Tensor,
+    m: float = 0.4,
+    h: float = 0.333,
+    eps: float = 1e-3,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """AdaFace's target ``cos(clip(θ + g_angle, eps, π − eps)) − g_add`` and its slope in ``c``.
+
+    For target cosines ``c`` (float32/float64, ``(B,)``) and the rows' norms: the value of
+    :func:`adaface_logits`'s target column divided by ``s``, and its derivative with respect to
+    ``c`` written out (``sin(angle)/sqrt(1 − c²)`` inside both clamps, 0 outside either), so that
+    the streaming head can apply it without a graph. The norms are read detached.
+    """
+    exact = cosine.clamp(-1 + eps, 1 - eps)
+    safe_norms = norms.detach().to(exact.dtype).clamp(0.001, 100.0)
+    z = ((safe_norms - batch_mean) / (batch_std + eps) * h).clamp(-1.0, 1.0)
+    g_angle, g_add = -m * z, m * z + m
+    raw = torch.acos(exact) + g_angle
+    angle = raw.clamp(eps, math.pi - eps)
+    value = torch.cos(angle) - g_add
+    inside = (cosine >= -1 + eps) & (cosine <= 1 - eps) & (raw >= eps) & (raw <= math.pi - eps)
+    slope = torch.where(inside, torch.sin(angle) * torch.rsqrt(1 - exact * exact), 0.0)
+    return value, slope
 
 
 class AdaFaceMargin(nn.Module):

@@ -30,6 +30,7 @@ from torch import nn
 from faceaux._checks import (
     DataCheck,
     check_module_input,
+    check_positive_int,
     check_tensor,
     data_checks_enabled,
     finite_check,
@@ -37,6 +38,7 @@ from faceaux._checks import (
     raise_bad_data,
     stable_vector_norm,
 )
+from faceaux.heads.adaptive import AdaFaceMargin
 from faceaux.heads.margin import (
     _LOW_PRECISION,
     check_labels,
@@ -44,6 +46,11 @@ from faceaux.heads.margin import (
     inputs_already_checked,
     margin_logits,
     normalized_cosine,
+)
+from faceaux.heads.streaming import (
+    reduce_row_statistics,
+    streamed_margin_loss,
+    target_only_margin,
 )
 
 STATE_FORMAT = "faceaux.PartialFC/1"
@@ -131,33 +138,11 @@ class _ShardedCrossEntropy(torch.autograd.Function):
         z.sub_(row_max.unsqueeze(1)).exp_()  # z now holds exp(logit − max)
         index = torch.where(has_target, labels, 0).long().unsqueeze(1)
         shifted_target = (logits.gather(1, index).squeeze(1).to(z.dtype) - row_max) * has_target
-        # one all-reduce for the row statistics: sum of exp, target logit, has-a-target, and the
-        # two error counts (so that every rank sees every rank's bad input and raises the same)
-        columns_of_stats = [z.sum(dim=1), shifted_target, has_target, invalid, not_finite]
-        stats = torch.stack([column.to(z.dtype) for column in columns_of_stats], dim=1)
-        if distributed:
-            dist.all_reduce(stats, op=dist.ReduceOp.SUM, group=group)
-        sum_exp, shifted_target, targets_found, invalid, not_finite = stats.unbind(dim=1)
-        errors = [0, 0, 0]
-        if data_checks_enabled(z):  # (skipped under torch.compile, like every data check)
-            errors = torch.stack(
-                [invalid.sum(), not_finite.count_nonzero(), (targets_found != 1).sum()]
-            ).tolist()  # the one device→host read
-        if errors[0]:
-            raise ValueError(
-                f"labels: expected each row's target column in [0, C_local) or -1 (target on "
-                f"another rank), received {int(errors[0])} rows outside it"
-            )
-        if errors[1]:
-            raise ValueError(
-                f"logits: expected finite values, received NaN/inf in {int(errors[1])} of "
-                f"{rows} rows"
-            )
-        if errors[2]:
-            raise ValueError(
-                "labels: every row needs its target class on exactly one shard: expected labels "
-                "in [0, num_classes)"
-            )
+        # one all-reduce for the row statistics and the error counts (so that every rank sees
+        # every rank's bad input and raises the same), one device→host read of the counts
+        sum_exp, shifted_target = reduce_row_statistics(
+            z.sum(dim=1), shifted_target, has_target, invalid, not_finite, group, distributed
+        )
         loss = (sum_exp.log() - shifted_target).mean()
         z.div_(sum_exp.unsqueeze(1))  # softmax probabilities of this shard's classes
         ctx.save_for_backward(z, index, has_target)
@@ -370,6 +355,7 @@ class PartialFC(nn.Module):
         process_group=None,
         *,
         scale_embedding_grad_by_world_size: bool = True,
+        chunk_size: int | None = None,
     ) -> None:
         super().__init__()
         check_sizes(embedding_size, num_classes)
@@ -395,6 +381,10 @@ class PartialFC(nn.Module):
         if not callable(margin_fn):
             raise ValueError(f"margin_fn: expected a callable, received {type(margin_fn)}")
         self.margin_fn = margin_fn
+        self.chunk_size = chunk_size
+        if chunk_size is not None:
+            check_positive_int(chunk_size, "chunk_size")
+            target_only_margin(margin_fn)  # refuses, by name, a margin it cannot stream
         signature_of = margin_fn.forward if isinstance(margin_fn, nn.Module) else margin_fn
         self._margin_takes_norms = "norms" in inspect.signature(signature_of).parameters
         self.weight = nn.Parameter(torch.empty(self.num_local, embedding_size))
@@ -402,9 +392,29 @@ class PartialFC(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.chunk_size is not None:
+            return self._streamed_loss(embeddings, labels)
         logits, local_labels, _ = self.local_logits(embeddings, labels)
         return _ShardedCrossEntropy.apply(
             logits, local_labels, self.process_group, self.distributed
+        )
+
+    def _streamed_loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The loss streamed over chunks of this rank's (sampled) centres: no ``(N, C)`` logits."""
+        embeddings, local_labels, weight, _ = self._shard_inputs(embeddings, labels)
+        margin = target_only_margin(self.margin_fn)  # (re-read: AdaFace's statistics move)
+        norms = stable_vector_norm(embeddings.detach(), dim=1) if margin.needs_norms else None
+        if isinstance(self.margin_fn, AdaFaceMargin) and self.margin_fn.training:
+            self.margin_fn._update_statistics(norms)  # inputs validated above, on every rank
+        return streamed_margin_loss(
+            embeddings,
+            weight,
+            local_labels,
+            margin,
+            norms,
+            self.chunk_size,
+            group=self.process_group,
+            distributed=self.distributed,
         )
 
     def local_logits(
@@ -416,6 +426,24 @@ class PartialFC(nn.Module):
             ``logits (N, C_sampled)``, ``local_labels (N,)`` (column of the target in
             ``logits``, −1 when it is on another rank) and ``class_ids (C_sampled,)`` (the global
             class of each column). ``C_sampled`` is ``C_local`` at ``sample_rate=1``.
+        """
+        embeddings, local_labels, weight, index = self._shard_inputs(embeddings, labels)
+        cosine = normalized_cosine(embeddings, weight)
+        with inputs_already_checked():  # validated above, on every rank: no second read
+            if self._margin_takes_norms:
+                norms = stable_vector_norm(embeddings, dim=1)
+                logits = self.margin_fn(cosine, local_labels, norms=norms)
+            else:
+                logits = self.margin_fn(cosine, local_labels)
+        return logits, local_labels, index + self.class_start
+
+    def _shard_inputs(
+        self, embeddings: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Check, gather and localise a step's inputs; pick the centres (sampling).
+
+        Returns the gathered embeddings ``(N, D)``, the labels as columns of the returned
+        centres (−1: on another rank), the centres ``(C_sampled, D)`` and their shard indices.
         """
         message, checks = self._check_inputs(embeddings, labels)
         if self.distributed:
@@ -438,14 +466,7 @@ class PartialFC(nn.Module):
             weight = weight.index_select(0, index)
         else:
             index = torch.arange(self.num_local, device=weight.device)
-        cosine = normalized_cosine(embeddings, weight)
-        with inputs_already_checked():  # validated above, on every rank: no second read
-            if self._margin_takes_norms:
-                norms = stable_vector_norm(embeddings, dim=1)
-                logits = self.margin_fn(cosine, local_labels, norms=norms)
-            else:
-                logits = self.margin_fn(cosine, local_labels)
-        return logits, local_labels, index + self.class_start
+        return embeddings, local_labels, weight, index
 
     def _check_inputs(
         self, embeddings: object, labels: object

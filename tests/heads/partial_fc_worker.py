@@ -77,6 +77,22 @@ def run(rank: int, world_size: int, workdir: str) -> None:
         out["adaface"]["batch_mean"] = head.margin_fn.batch_mean.clone()
         out["adaface"]["batch_std"] = head.margin_fn.batch_std.clone()
 
+        # streaming over chunks of each rank's shard (chunk sizes that do not divide the
+        # shards of 4 and 3 classes): must equal the dense cases above
+        for name, margin_fn in (
+            ("arcface", None),
+            ("combined", combined),
+            ("adaface", AdaFaceMargin(s=16.0)),
+        ):
+            head = PartialFC(
+                embedding_size, weight.shape[0], margin_fn=margin_fn, chunk_size=3
+            ).double()
+            shard = PartialFC.reshard_state_dict(weight, rank, world_size)
+            head.load_state_dict(shard, strict=False)
+            out[f"streamed_{name}"] = _step(head, x, y)
+            if name == "adaface":
+                out["streamed_adaface"]["batch_mean"] = head.margin_fn.batch_mean.clone()
+
         # negative-class sampling: each rank keeps its positives plus random negatives
         many = data["weight_many"]
         torch.manual_seed(100 + rank)
@@ -149,6 +165,13 @@ def _bad_input_cases(rank: int) -> dict[str, object]:
         "all_ranks_empty_adaface": lambda: partial_fc_step(
             good_x[:0], good_y[:0], margin_fn=AdaFaceMargin()
         ),
+        "nan_embeddings_streamed": lambda: partial_fc_step(
+            nan_x if rank == 0 else good_x, good_y, chunk_size=2
+        ),
+        "one_rank_empty_streamed": lambda: partial_fc_step(
+            good_x[:0] if rank == 0 else good_x, good_y[:0] if rank == 0 else good_y, chunk_size=2
+        ),
+        "all_ranks_empty_streamed": lambda: partial_fc_step(good_x[:0], good_y[:0], chunk_size=2),
     }
 
 

@@ -703,3 +703,101 @@ def test_overflowing_embedding_norms():
     assert torch.isfinite(big.grad).all()
     ada = AdaFace(8, 5).eval()
     torch.testing.assert_close(ada(x * 1e20, y), ada(x * 1e2, y))  # norms clipped at 100
+
+
+# ---------------------------------------------------------------------------------------------
+# the fused forward/backward of the modules (issue 19) against the unfused composition
+
+
+def _unfused(head, x, labels):
+    """normalized_cosine, the sub-centre max, then margin_logits: the modules' reference."""
+    weight = head.weight
+    cosine = normalized_cosine(x, weight.flatten(0, -2))
+    if weight.ndim == 3:
+        cosine = cosine.unflatten(1, (weight.shape[0], weight.shape[1])).amax(dim=2)
+    if labels is None or isinstance(head, NormSoftmax):
+        return cosine * head.s
+    return margin_logits(
+        cosine,
+        labels,
+        s=head.s,
+        m1=head.m1,
+        m2=head.m2,
+        m3=head.m3,
+        easy_margin=head.easy_margin,
+        margin_grad=head.margin_grad,
+    )
+
+
+FUSED_HEADS = [
+    lambda: ArcFace(6, 9, s=30.0),
+    lambda: CosFace(6, 9),
+    lambda: CombinedMargin(6, 9, 32.0, 1.35, 0.25, 0.1),
+    lambda: CombinedMargin(6, 9, 16.0, 1.2, 0.3, 0.1, margin_grad="straight_through"),
+    lambda: ArcFace(6, 9, easy_margin=True),
+    lambda: SubCenterArcFace(6, 9, k=3, s=16.0),
+    lambda: NormSoftmax(6, 9, s=10.0),
+]
+
+
+@pytest.mark.parametrize("make", FUSED_HEADS)
+@pytest.mark.parametrize("with_labels", [True, False])
+def test_fused_heads_equal_the_unfused_composition_in_float64(make, with_labels):
+    head = make().double()
+    with torch.no_grad():
+        # a dead centre (for sub-centres one of three: all dead would tie, and the tie's
+        # gradient goes to one sub-centre here, split evenly by amax)
+        head.weight[(2, 0) if head.weight.ndim == 3 else 2] = 0.0
+    x = torch.randn(10, 6, dtype=torch.float64) * torch.linspace(0.1, 30.0, 10)[:, None]
+    x[4] = 1e-14 * x[4]  # a norm below the 1e-12 clamp
+    labels = torch.tensor([0, 8, 2, 3, -1, 5, 5, 1, 7, 6]) if with_labels else None
+    grad = torch.randn(10, 9, dtype=torch.float64)
+    results = []
+    for forward in (head, lambda e, y: _unfused(head, e, y)):
+        xs = x.clone().requires_grad_(True)
+        out = forward(xs, labels)
+        results.append([out, *torch.autograd.grad(out, (xs, head.weight), grad)])
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("make", FUSED_HEADS[:3] + FUSED_HEADS[5:6])
+def test_fused_heads_under_bf16_autocast_follow_float32(make):
+    head = make()
+    x, labels = torch.randn(16, 6), torch.randint(0, 9, (16,))
+    reference = F.cross_entropy(head(x, labels), labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = head(x, labels)
+    assert logits.dtype == torch.bfloat16
+    loss = F.cross_entropy(logits.float(), labels)
+    loss.backward()
+    assert head.weight.grad.dtype == torch.float32
+    assert torch.isfinite(head.weight.grad).all()
+    torch.testing.assert_close(loss, reference, rtol=0.05, atol=0.1)
+
+
+def test_fused_head_saves_no_batch_by_classes_tensor():
+    head = ArcFace(16, 1000)
+    x, labels = torch.randn(8, 16, requires_grad=True), torch.randint(0, 1000, (8,))
+    sizes = []
+    with torch.autograd.graph.saved_tensors_hooks(
+        lambda t: sizes.append(t.numel()) or t, lambda t: t
+    ):
+        logits = head(x, labels)
+    assert max(sizes) == 1000 * 16  # the centres themselves (not a copy); no (8, 1000) tensor
+    assert sum(size == 8 * 1000 for size in sizes) == 0
+    logits.sum().backward()
+    assert torch.isfinite(head.weight.grad).all()
+
+
+def test_interclass_filtering_still_matches_the_functional_form():
+    head = ArcFace(6, 9, interclass_filtering_threshold=0.1).double()
+    x, labels = torch.randn(5, 6, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 4])
+    expected = margin_logits(
+        normalized_cosine(x, head.weight),
+        labels,
+        s=64.0,
+        m2=0.5,
+        interclass_filtering_threshold=0.1,
+    )
+    torch.testing.assert_close(head(x, labels), expected)

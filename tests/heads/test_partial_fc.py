@@ -448,6 +448,24 @@ def test_two_ranks_adaface_equals_single_process_adaface(two_ranks):
     torch.testing.assert_close(w_grad, head.weight.grad, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("streamed", "dense"),
+    [("arcface", "arcface_scale_True"), ("combined", "combined"), ("adaface", "adaface")],
+)
+def test_two_ranks_streaming_equals_dense(two_ranks, streamed, dense):
+    """Each rank streams its shard in chunks of 3 (shards of 4 and 3 classes): the loss, the
+    embedding gradients and the centre gradients of the dense sharded head, in float64."""
+    _, outputs = two_ranks
+    for out in outputs:
+        for key in ("loss", "x_grad", "w_grad"):
+            torch.testing.assert_close(
+                out[f"streamed_{streamed}"][key], out[dense][key], rtol=0, atol=1e-10
+            )
+    if streamed == "adaface":  # the running statistics moved once, as in the dense step
+        for out in outputs:
+            assert torch.equal(out["streamed_adaface"]["batch_mean"], out["adaface"]["batch_mean"])
+
+
 def test_two_ranks_sampled_loss_is_exact_over_the_union_of_sampled_classes(two_ranks):
     data, outputs = two_ranks
     class_ids = torch.cat([out["sampled"]["class_ids"] for out in outputs])
@@ -502,6 +520,7 @@ def two_ranks_bad_inputs(tmp_path_factory):
         ("nan_embeddings", 0, r"^embeddings: expected finite values"),
         ("wrong_embedding_size", 1, r"^embeddings: expected shape \(B, D\) with size 4"),
         ("not_a_tensor", 0, r"^embeddings: expected a tensor"),
+        ("nan_embeddings_streamed", 0, r"^embeddings: expected finite values"),
     ],
 )
 def test_two_ranks_one_bad_input_every_rank_raises_the_same_error_fast(
@@ -534,6 +553,9 @@ def test_two_ranks_empty_batches(two_ranks_bad_inputs):
     one_empty = [ranks["one_rank_empty"] for ranks in two_ranks_bad_inputs]
     assert [r["error"] for r in one_empty] == [None, None]
     assert one_empty[0]["value"] == one_empty[1]["value"] > 0  # the same global loss
-    for case in ("all_ranks_empty", "all_ranks_empty_adaface"):
+    streamed = [ranks["one_rank_empty_streamed"] for ranks in two_ranks_bad_inputs]
+    assert [r["error"] for r in streamed] == [None, None]
+    assert streamed[0]["value"] == pytest.approx(one_empty[0]["value"], rel=1e-12, abs=0)
+    for case in ("all_ranks_empty", "all_ranks_empty_adaface", "all_ranks_empty_streamed"):
         records = [ranks[case] for ranks in two_ranks_bad_inputs]
         assert [(r["error"], r["value"]) for r in records] == [(None, 0.0), (None, 0.0)]
