@@ -448,7 +448,9 @@ def theta_regularization(matrix: torch.Tensor, reduction: str = "mean") -> torch
     Not in Tang et al. 2020; an optional aid for STNs that collapse (shrink to a point, fly off
     the face) early in training: add ``weight * theta_regularization(matrix)`` to the loss, with
     ``matrix`` from ``SpatialTransformerAlign(..., return_matrix=True)``, and anneal ``weight``
-    to 0.
+    to 0. "No warp" is the plain resize (the identity matrix); for a ``"similarity"`` between
+    input and output of different aspect ratios that is not a similarity, and the pull is then
+    toward the nearest one.
 
     Args:
         matrix: ``(B, 3, 3)`` output → input matrices.
