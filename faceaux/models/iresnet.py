@@ -278,12 +278,14 @@ def lresnet18e(**kwargs) -> IResNet:
     This is the network InsightFace's MXNet code names ``LResNet18E-IR`` and its PyTorch code
     ``iresnet18``: the same layers, so the same parameter count (24,025,600 at D = 512). It is
     registered under the paper's name so that ``lresnet18e`` vs ``iresnet18_gnap`` reads as the
-    paper's Table 1 comparison. Its dropout defaults to 0.4, InsightFace's for the "E" block
-    (``iresnet18`` keeps the PyTorch code's 0). The three rows of Table 1 are
-    ``lresnet18e()``, ``lresnet18e(pooling="gap")`` and ``lresnet18e(pooling="gnap")``.
+    paper's Table 1 comparison. Its dropout defaults to 0.4 with the "E" block, InsightFace's
+    value (``iresnet18`` keeps the PyTorch code's 0), and to 0 with ``pooling="gap"``
+    (InsightFace's GAP head has none). The three rows of Table 1 are ``lresnet18e()``,
+    ``lresnet18e(pooling="gap")`` and ``lresnet18e(pooling="gnap")``.
     kwargs → :class:`IResNet`.
     """
-    kwargs.setdefault("dropout", 0.4)
+    if kwargs.get("pooling", "fc") == "fc":  # InsightFace's GAP head has no dropout
+        kwargs.setdefault("dropout", 0.4)
     return _iresnet((2, 2, 2, 2), **kwargs)
 
 

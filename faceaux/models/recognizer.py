@@ -432,6 +432,22 @@ class FaceRecognizer(nn.Module):
             size += k * (self.part_channels + extra)
         return size
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's switch, passed to the backbone: recompute its blocks in the backward pass.
+
+        Raises:
+            ValueError: the backbone has no ``set_grad_checkpointing`` (a
+                :class:`~faceaux.models.BackboneAdapter`: its forward hooks would run again in
+                the recomputation).
+        """
+        switch = getattr(self.backbone, "set_grad_checkpointing", None)
+        if not callable(switch):
+            raise ValueError(
+                f"backbone: {type(self.backbone).__name__} has no set_grad_checkpointing; "
+                "gradient checkpointing needs a faceaux backbone"
+            )
+        switch(enable)
+
     def train(self, mode: bool = True) -> FaceRecognizer:
         super().train(mode)
         for side in (self.fan, self.parser):

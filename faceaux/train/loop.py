@@ -295,8 +295,8 @@ def enable_gradient_checkpointing(model: nn.Module) -> int:
     Examples:
         >>> import faceaux
         >>> model = faceaux.create_model("iresnet_nano", embedding_size=8)
-        >>> enable_gradient_checkpointing(model) > 0
-        True
+        >>> enable_gradient_checkpointing(model), model.grad_checkpointing  # timm's switch
+        (-1, True)
     """
     if callable(getattr(model, "set_grad_checkpointing", None)):
         model.set_grad_checkpointing(True)
