@@ -64,7 +64,7 @@ class StudyConfig:
     batch_size: int = 64
     lr: float = 0.1
     side_identities: int = 120
-    side_steps: int = 400
+    side_steps: int = 300
     out: str | None = "faceaux-study"
     quiet: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
