@@ -9,8 +9,8 @@ with self-occlusion, expression (mouth opening, smile, brow raise, frown, blinks
 misalignment of the crop (scale, rotation, shift, perspective), illumination, blur and noise.
 Each sample carries the ground truth the library's layers can use: 68-point landmarks and their
 visibility, an 11-class parsing map (Helen's classes), the seven identity-stable attributes of
-Table 1 of multitask-face-attributes.txt, image-dependent nuisance attributes, the pose and the
-applied warp.
+Table 1 of the multi-task attributes paper (Wang et al., ICMR 2017), image-dependent nuisance
+attributes, the pose and the applied warp.
 
 Random quantities are counter-based (a hash of what they belong to, see
 ``faceaux.data._counter_random``): identity ``i`` of a ``seed`` is the same face in every set,
@@ -43,7 +43,7 @@ __all__ = [
     "split_identities",
 ]
 
-#: The attributes of Table 1 of multitask-face-attributes.txt, in that table's order (the
+#: The attributes of Table 1 of the multi-task paper (Wang et al., ICMR 2017), in its order (the
 #: CelebA column names). Identity-stable: thresholds of identity parameters.
 SYNTHETIC_ATTRIBUTES: tuple[str, ...] = (
     "Narrow_Eyes",
@@ -337,7 +337,7 @@ class SyntheticFaces(Dataset):
     - ``parsing``: labels of :data:`faceaux.conventions.PARSING_CLASSES` (Helen's order) of the
       first surface each pixel's ray meets; a hidden eye has no eye pixels. "left" is the
       image-left part of the upright frontal face and stays with that part when the head turns.
-    - ``attributes``: the seven Table-1 attributes of multitask-face-attributes.txt
+    - ``attributes``: the seven Table-1 attributes of the multi-task paper (Wang et al. 2017)
       (:data:`SYNTHETIC_ATTRIBUTES`), 0/1, thresholds of identity parameters (e.g. Narrow_Eyes:
       eye height/width < 0.40), so identity-stable by construction, as §3.2's majority vote
       assumes.

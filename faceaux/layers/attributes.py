@@ -1,7 +1,7 @@
 """Identity-stable facial attributes learned jointly with identity (multi-task face recognition).
 
 From "Multi-task deep face recognition with facial attributes"
-(``papers/multitask-face-attributes.txt``):
+(ICMR 2017, doi:10.1145/3078971.3078973):
 
 - ``AttributeHead`` (§3.3, Fig. 1, Fig. 9): configuration 1 (the paper's) is the attribute-only
   fully connected layer ``g`` on top of the shared embedding, then the attribute weights ``W_a``;

@@ -1,7 +1,7 @@
 """Global Norm-Aware Pooling (GNAP): re-weight local features by their L2 norm, then pool.
 
 From "Global Norm-Aware Pooling for Pose-Robust Face Recognition at Low False Positive Rate"
-(``papers/gnap-global-norm-aware-pooling.txt``), §3.2, eqs. 1–3. The block replaces the
+(Chen et al., arXiv:1808.00435, 2018), §3.2, eqs. 1–3. The block replaces the
 flatten + FC (or the global depthwise convolution) that maps a backbone's last feature map to the
 embedding, and keeps spatial symmetry: permuting the spatial positions leaves its output unchanged.
 

@@ -1,9 +1,9 @@
 """Landmark heatmaps: render them, decode them, and stack them with images or features.
 
-FAN-Face (Yang, Bulat & Tzimiropoulos, AAAI 2020, ``papers/fanface-landmark-feature-integration
-.txt``) §3.2: FAN represents landmark i by a heatmap H_i with a 2-D Gaussian at the landmark;
-the heatmaps of the 51 internal landmarks are re-sampled to the image resolution and stacked with
-it (eq. 1, the "H2" variant), or with intermediate recognizer features ("H2+", §5 AS1).
+FAN-Face (Yang, Bulat & Tzimiropoulos, usually cited as AAAI 2020) §3.2: FAN represents landmark
+i by a heatmap H_i with a 2-D Gaussian at the landmark; the heatmaps of the 51 internal
+landmarks are re-sampled to the image resolution and stacked with it (eq. 1, the "H2" variant),
+or with intermediate recognizer features ("H2+", §5 AS1).
 
 Coordinates are (x, y) in pixels of the map they refer to, with pixel centres at integers:
 (0, 0) is the centre of the top-left pixel and the map covers [-0.5, W - 0.5] × [-0.5, H - 0.5].

@@ -1,7 +1,7 @@
 """FAN-Face feature integration: add a frozen landmark network's features into any recognizer.
 
 Yang, Bulat & Tzimiropoulos, "FAN-Face: a simple orthogonal improvement to deep face
-recognition", AAAI 2020 (``papers/fanface-landmark-feature-integration.txt``) §3.3–3.4:
+recognition" (usually cited as AAAI 2020) §3.3–3.4:
 features x_l of the landmark network FAN are merged into features y_k of the face recognition
 network (FRN) as ỹ_k = y_k + γ·f(x_l, y_k) (eq. 2), where f is the integration layer of Fig. 3
 (:class:`FANIntegrationLayer`, built around :func:`adain`); :func:`expand_input_channels` grows a

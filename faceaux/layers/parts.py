@@ -1,6 +1,7 @@
 """Part features from face-parsing masks, and the structure correlation between them (FSENet).
 
-From "Face Segmentor-Enhanced Network" (``papers/fsenet-part-mask-structure-correlation.txt``):
+From FSENet: Cheng et al., "Face Segmentor-Enhanced Deep Feature Learning for Face Recognition",
+IEEE T-BIOM 2019, doi:10.1109/TBIOM.2019.2936624:
 
 - ``part_mask_pooling`` / ``PartMaskPooling`` (§3.5, eq. 6, Table 13): pool a backbone feature
   map under each part's parsing mask into one ``C``-vector per part.

@@ -1,6 +1,7 @@
 """FSENet: global IResNet features plus part features pooled under face-parsing masks.
 
-``papers/fsenet-part-mask-structure-correlation.txt`` (§3.2–3.6, Figs. 1, 4–6, Table 8):
+Cheng et al., "Face Segmentor-Enhanced Deep Feature Learning for Face Recognition", IEEE T-BIOM
+2019, doi:10.1109/TBIOM.2019.2936624 (§3.2–3.6, Figs. 1, 4–6, Table 8):
 
 - backbone module B: the ArcFace ResNet up to 28×28 (stem, stage 1, stage 2 of an IResNet:
   128 channels at 28×28) — §3.3 chooses 28×28 as the trade-off between detail and abstraction;

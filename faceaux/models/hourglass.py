@@ -1,10 +1,10 @@
 """Stacked hourglass networks built from Bulat's hierarchical ConvBlock: FAN and friends.
 
 FAN (Bulat & Tzimiropoulos, "How far are we from solving the 2D & 3D face alignment problem?",
-ICCV 2017) is the landmark network that FAN-Face (Yang, Bulat & Tzimiropoulos, AAAI 2020,
-``papers/fanface-landmark-feature-integration.txt`` §3.1) freezes and integrates into a face
-recognizer. The module and parameter names here are those of the public ``face-alignment``
-package, so its 2D-FAN state dicts load without renaming (:func:`load_face_alignment_checkpoint`).
+ICCV 2017) is the landmark network that FAN-Face (Yang, Bulat & Tzimiropoulos, usually cited as
+AAAI 2020, §3.1) freezes and integrates into a face recognizer. The module and parameter names
+here are those of the public ``face-alignment`` package, so its 2D-FAN state dicts load without
+renaming (:func:`load_face_alignment_checkpoint`).
 
 The pieces are general, so other hourglass networks can be built from them: :class:`ConvBlock`
 (any in/out widths), :class:`HourGlass` (any depth and width) and :class:`StackedHourGlass`

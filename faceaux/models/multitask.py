@@ -1,4 +1,7 @@
-"""The multi-task face recognition network of multitask-face-attributes.txt (Full and Fast models).
+"""The multi-task network of Wang et al., ICMR 2017 (Full and Fast models).
+
+Wang, He, Fu, Feng, Jiang & Xue, "Multi-task Deep Neural Network for Joint Face Recognition and
+Facial Attribute Prediction", ICMR 2017, doi:10.1145/3078971.3078973.
 
 Fig. 1 / §3.3 of the paper: 112×96 input; convolutional layers (3×3, stride 1, padding 0) and
 2×2 stride-2 max-pooling layers; four groups of building blocks (3, 4, 6, 3 blocks with 64, 128,
