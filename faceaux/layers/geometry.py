@@ -234,19 +234,12 @@ def params_from_matrix(matrix: torch.Tensor, kind: str) -> torch.Tensor:
     return torch.stack([torch.hypot(a, b), torch.atan2(b, a), matrix[:, 0, 2], matrix[:, 1, 2]], -1)
 
 
-def _base_grid(
-    height: int, width: int, align_corners: bool, device: torch.device, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Output normalised coordinates ``x_t, y_t``, ``(h, w)`` each, exactly as ``F.affine_grid``."""
-
-    def axis(steps: int) -> torch.Tensor:
-        if steps <= 1:
-            return torch.zeros(1, device=device, dtype=dtype)
-        values = torch.linspace(-1.0, 1.0, steps, device=device, dtype=dtype)
-        return values if align_corners else values * ((steps - 1) / steps)
-
-    ys, xs = torch.meshgrid(axis(height), axis(width), indexing="ij")
-    return xs, ys
+def _axis(steps: int, align_corners: bool, device: torch.device, dtype: torch.dtype):
+    """Normalised output coordinates along one axis ``(steps,)``, exactly as ``F.affine_grid``'s."""
+    if steps <= 1:
+        return torch.zeros(1, device=device, dtype=dtype)
+    values = torch.linspace(-1.0, 1.0, steps, device=device, dtype=dtype)
+    return values if align_corners else values * ((steps - 1) / steps)
 
 
 def warp(
@@ -321,8 +314,26 @@ def warp(
             f"padding_mode: expected one of {_PADDING_MODES}, received {padding_mode!r}"
         )
 
-    check_finite(x, "x")
+    _check_finite_pixels(x)
     return _warp(x, matrix, (height, width), mode, padding_mode, align_corners)
+
+
+def _check_finite_pixels(x: torch.Tensor) -> None:
+    """``ValueError`` naming ``x`` if it holds NaN/±inf: one pass, one device→host read.
+
+    ``torch.aminmax`` propagates NaN, so both extremes are finite exactly when every entry is;
+    one reduction over the images instead of an element-wise ``isfinite`` (several passes and a
+    boolean copy). The exact count is computed only for the message.
+    """
+    if x.numel() == 0 or not data_checks_enabled(x):
+        return
+    shape = tuple(x.shape)
+
+    def message(_: int) -> str:
+        count = int((~torch.isfinite(x)).sum())
+        return f"x: expected finite values, received {count} NaN/inf entries in shape {shape}"
+
+    raise_bad_data([((~torch.isfinite(torch.stack(torch.aminmax(x)))).sum(), message)])
 
 
 def _warp(
@@ -355,20 +366,60 @@ def _sample(
     )
     finite = torch.isfinite(matrix).flatten(1).all(dim=1)[:, None, None]
     matrix = torch.where(finite, matrix, outside).clamp(-MATRIX_BOUND, MATRIX_BOUND)
-
-    # Eq. 1 written out elementwise (no matmul, so autocast leaves it in float32; the identity
-    # reproduces the base coordinates exactly).
-    xt, yt = _base_grid(height, width, align_corners, x.device, dtype)  # (h, w) each
-    m = matrix[:, :, :, None, None]  # (B, 3, 3, 1, 1)
-    xs = m[:, 0, 0] * xt + m[:, 0, 1] * yt + m[:, 0, 2]  # (B, h, w)
-    ys = m[:, 1, 0] * xt + m[:, 1, 1] * yt + m[:, 1, 2]
-    z = m[:, 2, 0] * xt + m[:, 2, 1] * yt + m[:, 2, 2]
-    z = torch.where(z >= 0, z.clamp(min=Z_EPS), z.clamp(max=-Z_EPS))
-    grid = (torch.stack([xs, ys], dim=-1) / z[..., None]).clamp(-COORD_BOUND, COORD_BOUND)
+    reflection = padding_mode == "reflection"
+    grid = _ProjectiveGrid.apply(matrix, height, width, align_corners, reflection)
     out = F.grid_sample(
         x.to(dtype), grid, mode=mode, padding_mode=padding_mode, align_corners=align_corners
     )
     return out.to(x.dtype)
+
+
+class _ProjectiveGrid(torch.autograd.Function):
+    """The sampling grid ``(B, h, w, 2)`` of eq. (1), from separable parts, with its backward.
+
+    The coordinates are affine in ``x_t`` (columns) and ``y_t`` (rows) before the division, so
+    ``θk1·x_t + θk3`` is computed per column ``(B, 3, w)``, ``θk2·y_t`` per row ``(B, 3, h)``,
+    and one broadcast addition writes the numerators ``(B, h, w, 2)`` in ``grid_sample``'s
+    layout (another the denominators ``z``). Then ``1/z`` clamped into ``±1/Z_EPS`` (the same as
+    ``|z| ≥ Z_EPS`` with its sign kept; zero gradient inside the band), one multiplication and
+    the ``±COORD_BOUND`` clamp. The backward reduces the gradient over rows and columns (no
+    ``(B, h·w, 3)`` product). Coordinates clamped to ``±COORD_BOUND`` get no gradient; for
+    ``"zeros"``/``"border"`` padding ``grid_sample`` already gives them none (they sample padding
+    only), so the mask is applied for ``"reflection"`` only.
+    """
+
+    @staticmethod
+    def forward(ctx, matrix, height, width, align_corners, reflection):
+        xt = _axis(width, align_corners, matrix.device, matrix.dtype)
+        yt = _axis(height, align_corners, matrix.device, matrix.dtype)
+        columns = torch.addcmul(matrix[:, :, 2:3], matrix[:, :, 0:1], xt)  # (B, 3, w)
+        rows = matrix[:, :, 1:2] * yt  # (B, 3, h)
+        columns, rows = columns.transpose(1, 2), rows.transpose(1, 2)  # (B, w, 3), (B, h, 3)
+        numerator = columns[:, None, :, :2] + rows[:, :, None, :2]  # (B, h, w, 2)
+        inverse = columns[:, None, :, 2] + rows[:, :, None, 2]  # z, (B, h, w)
+        inverse.reciprocal_().clamp_(-1 / Z_EPS, 1 / Z_EPS)
+        grid = numerator.mul_(inverse.unsqueeze(3)).clamp_(-COORD_BOUND, COORD_BOUND)
+        ctx.reflection = reflection
+        ctx.save_for_backward(xt, yt, inverse, grid)
+        return grid
+
+    @staticmethod
+    def backward(ctx, grad):
+        xt, yt, inverse, grid = ctx.saved_tensors
+        if ctx.reflection:
+            grad = torch.where(grid.abs() < COORD_BOUND, grad, 0.0)
+        # d/d numerator_k = grad_k / z, per coordinate (two contiguous maps: a broadcast over
+        # the last dimension of size 2 would not vectorise)
+        grad_x, grad_y = grad[..., 0] * inverse, grad[..., 1] * inverse  # (B, h, w) each
+        # d(numerator/z)/dz = −grid/z: −Σ_k grad_k·grid_k/z, zero inside the band where 1/z
+        # was clamped
+        grad_z = torch.addcmul(grad_x * grid[..., 0], grad_y, grid[..., 1])
+        grad_z = torch.where(inverse.abs() < 1 / Z_EPS, grad_z, 0.0).neg_()
+        maps = (grad_x, grad_y, grad_z)  # the gradients of θk1·x_t + θk2·y_t + θk3, k = 1, 2, 3
+        by_column = torch.stack([m.sum(1) for m in maps], 1)  # (B, 3, w)
+        by_row = torch.stack([m.sum(2) for m in maps], 1)  # (B, 3, h)
+        grad_matrix = torch.stack([by_column @ xt, by_row @ yt, by_column.sum(2)], 2)
+        return grad_matrix, None, None, None, None
 
 
 def _normalization(

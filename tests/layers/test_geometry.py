@@ -363,6 +363,56 @@ def test_warp_rejects_bad_input() -> None:
         warp(x, eye, padding_mode="fill")
 
 
+def _elementwise_grid(matrix: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Eq. (1) written out per pixel with autograd, the guards as warp documents them: z kept
+    at |z| ≥ Z_EPS with its sign (zero gradient inside the band), coordinates clamped to
+    ±COORD_BOUND. The reference for warp's hand-written grid and its backward."""
+    from faceaux.layers.geometry import COORD_BOUND, Z_EPS
+
+    h, w = size
+    yt, xt = torch.meshgrid(
+        torch.linspace(-1, 1, h, dtype=matrix.dtype) * (h - 1) / h,
+        torch.linspace(-1, 1, w, dtype=matrix.dtype) * (w - 1) / w,
+        indexing="ij",
+    )
+    m = matrix[:, :, :, None, None]
+    xs = m[:, 0, 0] * xt + m[:, 0, 1] * yt + m[:, 0, 2]
+    ys = m[:, 1, 0] * xt + m[:, 1, 1] * yt + m[:, 1, 2]
+    z = m[:, 2, 0] * xt + m[:, 2, 1] * yt + m[:, 2, 2]
+    z = torch.where(z >= 0, z.clamp(min=Z_EPS), z.clamp(max=-Z_EPS))
+    return (torch.stack([xs, ys], dim=-1) / z[..., None]).clamp(-COORD_BOUND, COORD_BOUND)
+
+
+def test_hand_written_grid_and_its_gradient_equal_the_elementwise_formula() -> None:
+    from faceaux.layers.geometry import _ProjectiveGrid
+
+    generator = torch.Generator().manual_seed(21)
+    matrix = torch.eye(3, dtype=torch.float64).repeat(6, 1, 1)
+    matrix += 0.3 * torch.randn(6, 3, 3, dtype=torch.float64, generator=generator)
+    matrix[0, 2] = torch.tensor([1.0, 0.5, 1.0], dtype=torch.float64)  # z crosses 0 in the image
+    matrix[1, 2] = 0.0  # z ≡ 0: every pixel in the band
+    matrix[2, 2] = torch.tensor([0.0, 0.0, 1e-7], dtype=torch.float64)  # band, tiny numerators
+    matrix[2, :2] *= 1e-3
+    matrix[3, :2] *= 1e5  # coordinates beyond ±COORD_BOUND
+    matrix.requires_grad_(True)
+    grad = torch.randn(6, 9, 7, 2, dtype=torch.float64, generator=generator)
+    expected = _elementwise_grid(matrix, (9, 7))
+    (expected_grad,) = torch.autograd.grad(expected, matrix, grad)
+    got = _ProjectiveGrid.apply(matrix, 9, 7, False, True)  # the reflection mask included
+    (got_grad,) = torch.autograd.grad(got, matrix, grad)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got_grad, expected_grad, rtol=1e-9, atol=1e-9)
+    assert got_grad[1, 2].abs().max() == 0  # z ≡ 0: no gradient for z from inside the band
+
+
+def test_non_finite_pixels_are_counted_in_the_message() -> None:
+    x = torch.rand(2, 3, 8, 8)
+    x[0, 1, 2, 3], x[1, 0, 0, 0], x[1, 2, 7, 7] = math.nan, math.inf, -math.inf
+    with pytest.raises(ValueError, match=r"^x: expected finite values, received 3 NaN/inf"):
+        warp(x, torch.eye(3).repeat(2, 1, 1))
+    assert warp(x[:0], torch.eye(3)[None][:0]).shape == (0, 3, 8, 8)  # nothing to check
+
+
 # --- gradients, compile, devices ----------------------------------------------------------------
 
 
