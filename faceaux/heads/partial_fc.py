@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 from faceaux._checks import (
@@ -463,7 +464,9 @@ class PartialFC(nn.Module):
         weight = self.weight
         if self.num_sample < self.num_local:
             index, local_labels = self.sample_classes(local_labels)
-            weight = weight.index_select(0, index)
+            # (a gather whose backward adds into one zero (C_local, D) buffer in place;
+            # index_select's allocates two)
+            weight = F.embedding(index, weight)
         else:
             index = torch.arange(self.num_local, device=weight.device)
         return embeddings, local_labels, weight, index

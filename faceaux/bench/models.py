@@ -1,15 +1,14 @@
-"""``faceaux bench``: what bolting a layer onto a recognizer costs, measured in one run.
+"""What bolting a layer onto a recognizer costs: the reference models against their backbones.
 
 For each reference model: parameters (all, and trainable — the frozen FAN and parsing networks
 are counted in the first only), forward GFLOPs per image (matmul/convolution FLOPs counted by
 :class:`torch.utils.flop_counter.FlopCounterMode`, 2 per multiply-add; element-wise ops are not
 counted), forward latency (eval mode, no gradients) and forward+backward latency (train mode),
 and the **overhead relative to the plain backbone** (e.g. ``fanface_iresnet34`` vs
-``iresnet34``) as ratios of figures measured in the same run. ``--layers`` adds the per-layer
-micro-benchmarks of ``examples/bench_parts.py`` and ``examples/bench_margin.py`` (loop vs
-vectorised, ours vs a peer library) when those scripts are present (a source checkout).
+``iresnet34``) as ratios of figures measured in the same run, in interleaved rounds.
 
 Examples:
+    >>> import torch
     >>> from faceaux.bench import count_flops, count_parameters
     >>> from faceaux.models import create_model
     >>> model = create_model("iresnet_nano")
@@ -21,14 +20,10 @@ Examples:
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
-import json
 import statistics
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -36,18 +31,26 @@ from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = [
     "DEFAULT_MODELS",
-    "add_parser",
+    "FULL_MODELS",
     "baseline_of",
     "benchmark_models",
     "count_flops",
     "count_parameters",
     "format_table",
-    "layer_rows",
     "time_call",
 ]
 
-#: The models benchmarked by default, each after the backbone it is compared with.
+#: The models ``faceaux bench`` runs by default (about a minute on 2 CPU cores at batch 4): GNAP
+#: on two backbones, each model after the backbone it is compared with.
 DEFAULT_MODELS: tuple[str, ...] = (
+    "iresnet18",
+    "iresnet18_gnap",
+    "mobilefacenet",
+    "mobilefacenet_gnap",
+)
+
+#: Every paper's model with its backbone (``faceaux bench --full``).
+FULL_MODELS: tuple[str, ...] = (
     "iresnet18",
     "iresnet18_gnap",
     "iresnet34",
@@ -166,6 +169,9 @@ def benchmark_models(
 ) -> list[dict]:
     """Benchmark ``names`` (their baselines are added when missing) and add overhead ratios.
 
+    ``progress`` (optional) receives one line per step: building, warming up, each round with
+    the time so far and an estimate of the time left.
+
     Rows: parameters (all / trainable), GFLOPs per image, median forward (eval, no gradients)
     and forward+backward (train) latency of a batch. The timed runs are **interleaved**: each
     of the ``repeats`` rounds times every model once, so load from other processes during the
@@ -182,20 +188,28 @@ def benchmark_models(
             ordered.append(baseline)
         if name not in ordered:
             ordered.append(name)
+    say = progress or (lambda message: None)
+    start = time.perf_counter()
     cases = []
-    for name in ordered:
-        if progress is not None:
-            progress(name)
+    for number, name in enumerate(ordered, 1):
+        say(f"[{number}/{len(ordered)}] building {name}")
         cases.append(_Case(name, device, batch))
-    for case in cases:
+    for number, case in enumerate(cases, 1):
+        say(f"[{number}/{len(cases)}] warming up {case.name} ({warmup} untimed runs)")
         for _ in range(warmup):
             case.forward()
             case.forward_backward()
-    for _ in range(repeats):
+    for round_number in range(1, repeats + 1):
+        round_start = time.perf_counter()
         for case in cases:
             case.forward_s.append(time_call(case.forward, device, 1, 0))
         for case in cases:
             case.forward_backward_s.append(time_call(case.forward_backward, device, 1, 0))
+        left = (time.perf_counter() - round_start) * (repeats - round_number)
+        say(
+            f"round {round_number}/{repeats} timed; {time.perf_counter() - start:.0f} s so far, "
+            f"about {left:.0f} s left"
+        )
     rows = {case.name: case.row(batch) for case in cases}
     for name, row in rows.items():
         baseline = baseline_of(name)
@@ -233,130 +247,3 @@ def format_table(rows: Sequence[dict]) -> str:
             f"| {' | '.join(ratios)} |"
         )
     return "\n".join(lines)
-
-
-# --- per-layer micro-benchmarks from the example scripts ------------------------------------
-
-
-def _load_example(filename: str):
-    path = Path(__file__).resolve().parent.parent / "examples" / filename
-    if not path.is_file():
-        return None
-    spec = importlib.util.spec_from_file_location(f"_faceaux_example_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def layer_rows(device: str = "cpu", quick: bool = False) -> list[dict]:
-    """Rows of the layer micro-benchmarks in ``examples/bench_parts.py`` / ``bench_margin.py``.
-
-    Returns an empty list when the scripts are not there (an installed wheel, not a checkout).
-    ``quick`` shrinks the problem sizes (for smoke tests).
-    """
-    rows: list[dict] = []
-    parts = _load_example("bench_parts.py")
-    if parts is not None:
-        kwargs = {"batch": 8, "min_run_time": 0.05} if quick else {}
-        rows += [{"benchmark": "parts", **row} for row in parts.run(device=device, **kwargs)]
-    margin = _load_example("bench_margin.py")
-    if margin is not None:
-        kwargs = {"batch_size": 8, "class_counts": (100,), "repeats": 1, "warmup": 0}
-        try:  # the script times CPU tensors and needs pytorch-metric-learning (bench extra)
-            margin_results = margin.margin_rows(**(kwargs if quick else {}))
-        except (ImportError, SystemExit) as error:
-            margin_results = [{"name": "margin heads vs pml", "skipped": str(error)}]
-        rows += [{"benchmark": "margin (cpu)", **row} for row in margin_results]
-    return rows
-
-
-def _format_layer_rows(rows: Sequence[dict]) -> str:
-    if not rows:
-        return "(no layer benchmarks: examples/bench_parts.py and bench_margin.py not found)"
-    keys: list[str] = []
-    for row in rows:
-        keys += [k for k in row if k not in keys]
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for row in rows:
-        cells = []
-        for key in keys:
-            value = row.get(key, "")
-            cells.append(f"{value:.4g}" if isinstance(value, float) else str(value))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-# --- command line ---------------------------------------------------------------------------
-
-
-def run(args: argparse.Namespace) -> int:
-    """Handler of ``faceaux bench``; returns the exit status."""
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("faceaux bench: --device cuda requested but torch.cuda.is_available() is False")
-        return 2
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    models = list(args.models) if args.models else list(DEFAULT_MODELS)
-    from faceaux.models import list_models
-
-    unknown = [m for m in models if m not in list_models()]
-    if unknown:
-        print(f"faceaux bench: unknown models {unknown}; see faceaux.models.list_models()")
-        return 2
-    quiet = args.json
-
-    def progress(name: str) -> None:
-        if not quiet:
-            print(f"  building {name} …", flush=True)
-
-    result: dict = {
-        "device": args.device,
-        "batch": args.batch,
-        "repeats": args.repeats,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "models": benchmark_models(
-            models, args.device, args.batch, args.repeats, args.warmup, progress
-        ),
-    }
-    if args.layers:
-        result["layers"] = layer_rows(args.device)
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
-    print(
-        f"\nfaceaux bench — device {args.device}, batch {args.batch}, median of {args.repeats} "
-        f"runs, torch {torch.__version__}, {torch.get_num_threads()} threads\n"
-    )
-    print(format_table(result["models"]))
-    if args.layers:
-        print("\nLayer micro-benchmarks\n")
-        print(_format_layer_rows(result["layers"]))
-    return 0
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Add the ``bench`` sub-command to ``faceaux``'s sub-parsers."""
-    parser = subparsers.add_parser(
-        "bench",
-        help="parameters, FLOPs and latency of the reference models, with overhead ratios",
-        description=__doc__.split("\n\n")[1],
-    )
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--batch", type=int, default=64, help="images per forward (default 64)")
-    parser.add_argument(
-        "--models",
-        nargs="+",
-        metavar="NAME",
-        help="models to benchmark (their baselines are added); default: "
-        + " ".join(DEFAULT_MODELS),
-    )
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs (median reported)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed runs first")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument(
-        "--layers", action="store_true", help="also run the per-layer micro-benchmarks"
-    )
-    parser.set_defaults(handler=run)
-    return parser
