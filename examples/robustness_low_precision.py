@@ -39,12 +39,25 @@ from faceaux import (
     SphereFace,
     SubCenterArcFace,
 )
+from faceaux.heads import margin_cross_entropy
 
 EMBEDDING_SIZE, NUM_CLASSES, BATCH = 32, 64, 16
 
 
+class StreamedArcFace(nn.Module):
+    """The streaming loss over its own centres (chunks of 24 classes: 64 = 24 + 24 + 16)."""
+
+    def __init__(self, embedding_size: int, num_classes: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(0.01 * torch.randn(num_classes, embedding_size))
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return margin_cross_entropy(embeddings, self.weight, labels, chunk_size=24)
+
+
 def heads() -> dict[str, Callable[[], nn.Module]]:
-    """Every head, by name, with its paper's defaults (one PartialFC samples half its centres)."""
+    """Every head, by name, with its paper's defaults (one PartialFC samples half its centres;
+    the last three stream over chunks of classes)."""
     d, c = EMBEDDING_SIZE, NUM_CLASSES
     return {
         "ArcFace": lambda: ArcFace(d, c),
@@ -56,6 +69,11 @@ def heads() -> dict[str, Callable[[], nn.Module]]:
         "NormSoftmax": lambda: NormSoftmax(d, c),
         "PartialFC+ArcFace": lambda: PartialFC(d, c, sample_rate=0.5),
         "PartialFC+AdaFaceMargin": lambda: PartialFC(d, c, margin_fn=AdaFaceMargin()),
+        "margin_cross_entropy": lambda: StreamedArcFace(d, c),
+        "PartialFC+ArcFace chunks": lambda: PartialFC(d, c, sample_rate=0.5, chunk_size=24),
+        "PartialFC+AdaFace chunks": lambda: PartialFC(
+            d, c, margin_fn=AdaFaceMargin(), chunk_size=24
+        ),
     }
 
 

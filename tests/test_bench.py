@@ -82,9 +82,9 @@ def test_cli_json_defaults_and_errors(monkeypatch, capsys) -> None:
     assert "building" in captured.err
     assert out["batch"] == 2
     assert out["models"] == [{"model": "iresnet_nano", "params": 1}]
-    # defaults: the quick set at batch 4, 3 rounds; --full: every model at batch 64, 5 rounds
+    # defaults: the quick set at batch 4, 5 rounds; --full: every model at batch 64
     for argv, expected in (
-        (["bench", "--quiet", "--json"], (list(bench.DEFAULT_MODELS), 4, 3, 1)),
+        (["bench", "--quiet", "--json"], (list(bench.DEFAULT_MODELS), 4, 5, 1)),
         (["bench", "--full", "--quiet", "--json"], (list(bench.FULL_MODELS), 64, 5, 2)),
     ):
         args = parser.parse_args(argv)

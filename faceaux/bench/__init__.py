@@ -62,9 +62,9 @@ DESCRIPTION = """\
 Measure what each layer costs, in one run on this machine.
 
 By default (about a minute on 2 CPU cores): GNAP on IResNet-18 and on MobileFaceNet against
-the plain backbones, batch 4, 3 interleaved rounds: parameters, GFLOPs per image, forward and
+the plain backbones, batch 4, 5 interleaved rounds: parameters, GFLOPs per image, forward and
 forward+backward latency, and each model's ratios to its backbone. --full runs every paper's
-model at batch 64 (several minutes, several GB). --layers adds the layer micro-benchmarks
+model at batch 64 (several minutes, several GB of memory). --layers adds the layer micro-benchmarks
 (margin heads at 10k and 100k classes, the warp, the part layers, each against its floor and
 its peer library, 20 interleaved rounds; several minutes) and the head memory table (100k to
 10M classes, computed on the meta device in seconds). Progress goes to stderr.
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"faceaux bench: unknown models {unknown}; see faceaux.models.list_models()")
         return 2
     batch = args.batch if args.batch is not None else (64 if args.full else 4)
-    repeats = args.repeats if args.repeats is not None else (5 if args.full else 3)
+    repeats = args.repeats if args.repeats is not None else 5
     warmup = args.warmup if args.warmup is not None else (2 if args.full else 1)
     say = _progress(args.quiet)
     result: dict = {
@@ -153,7 +153,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--full",
         action="store_true",
-        help="every paper's model at batch 64, 5 rounds (default: the GNAP pairs at batch 4)",
+        help="every paper's model at batch 64 (default: the GNAP pairs at batch 4)",
     )
     parser.add_argument(
         "--models",
@@ -170,7 +170,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--repeats",
         type=int,
         default=None,
-        help="timed rounds, median reported (default 3; 5 with --full)",
+        help="timed rounds, interleaved over the models; median reported (default 5)",
     )
     parser.add_argument(
         "--warmup", type=int, default=None, help="untimed runs first (default 1; 2 with --full)"

@@ -40,7 +40,7 @@ __all__ = [
     "time_call",
 ]
 
-#: The models ``faceaux bench`` runs by default (about a minute on 2 CPU cores at batch 4): GNAP
+#: The models ``faceaux bench`` runs by default (under a minute on 2 CPU cores at batch 4): GNAP
 #: on two backbones, each model after the backbone it is compared with.
 DEFAULT_MODELS: tuple[str, ...] = (
     "iresnet18",
