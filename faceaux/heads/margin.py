@@ -629,6 +629,12 @@ class CombinedMargin(nn.Module):
     ArcFace (Deng et al., CVPR 2019) Eq. 4; the defaults ``(1.0, 0.3, 0.2)`` are InsightFace's
     combined-margin setting. Owns the class centres ``weight (num_classes, embedding_size)``;
     embeddings and centres are L2-normalised in forward, the math is :func:`margin_logits`.
+    The forward is fused (``fused_margin_logits``): the centres are never copied into a
+    normalised ``(C, D)`` tensor, the margin touches the target column only, and the backward is
+    written out without ``(B, C)`` temporaries, so a training step costs about what a plain
+    ``nn.Linear`` + ``F.cross_entropy`` costs (the same values and gradients as the unfused
+    composition to float rounding). With ``interclass_filtering_threshold > 0`` it falls back to
+    the unfused composition (the filter reads every cosine).
 
     Args:
         embedding_size: D, the embedding dimension.
@@ -848,7 +854,8 @@ class SubCenterArcFace(CombinedMargin):
     ECCV 2020, §3.1, Eq. 2: ``cos θ_j = max_k cos(x, W_jk)``, then the ArcFace margin. Noisy
     samples of a class gather around a non-dominant sub-centre instead of pulling the dominant
     one. (The paper's later step of dropping non-dominant sub-centres and cleaning the data is
-    offline data work and is not part of this head.)
+    offline data work and is not part of this head.) The max is not differentiable where two
+    sub-centres tie; there the gradient goes to the first of them.
 
     Args:
         embedding_size: D.

@@ -305,6 +305,17 @@ class PartialFC(nn.Module):
     also gets the gathered embeddings' L2 norms ``(N,)``. An ``nn.Module`` margin is registered
     as a sub-module, so its buffers are saved.
 
+    **Streaming (``chunk_size``).** With ``chunk_size=k`` each rank never forms its
+    ``(N, C_sampled)`` logits: it walks its (sampled) centres ``k`` at a time with an online
+    log-sum-exp, combines the row statistics over the ranks as above, and recomputes each chunk
+    in backward (:mod:`faceaux.heads.streaming`). The loss and the gradients are those of the
+    dense path to float rounding; memory per rank is the centres, their gradient and a few
+    ``(N, k)`` blocks; the time is one matrix product more. ``sample_rate=1.0`` with
+    ``chunk_size`` is thus an exact, memory-light alternative to sampling. The margin must
+    change the target logit only: ``margin_logits`` or ``adaface_logits`` (through
+    ``functools.partial``) or an :class:`AdaFaceMargin` (SphereFace's norm-scaled logits are
+    refused, naming ``margin_fn``).
+
     **Bad input and empty batches.** Every rank checks its own input (shapes, dtype, NaN/inf
     embeddings, labels outside ``[0, num_classes)``) and sends the result along with its batch
     size in the size exchange that happens anyway; if any rank's input is bad, *every* rank
@@ -329,6 +340,8 @@ class PartialFC(nn.Module):
         sample_rate: fraction of each shard's centres used per step, in (0, 1].
         process_group: the group to shard over; ``None`` is the default group.
         scale_embedding_grad_by_world_size: see above.
+        chunk_size: stream the softmax over this many centres at a time (see above); ``None``
+            (default) forms the logits.
 
     Shape:
         - embeddings: ``(B, D)`` on each rank (B may differ per rank); labels: ``(B,)`` integer in
@@ -345,6 +358,11 @@ class PartialFC(nn.Module):
         >>> sampled = PartialFC(8, 20, sample_rate=0.5)
         >>> sampled.local_logits(x, y)[0].shape  # 10 of the 20 centres, positives included
         torch.Size([6, 10])
+        >>> streamed = PartialFC(8, 20, chunk_size=6)  # 6 + 6 + 6 + 2 centres, no (6, 20) logits
+        >>> streamed.load_state_dict(head.state_dict())
+        <All keys matched successfully>
+        >>> torch.allclose(streamed(x, y), head(x, y))
+        True
     """
 
     def __init__(
