@@ -83,6 +83,9 @@ def test_export_writes_insightface_style_onnx(tmp_path, capsys):
 def test_export_then_load_checkpoint_roundtrip(tmp_path):
     import torch
 
+    pytest.importorskip("onnx", reason="export needs the onnx extra")
+    pytest.importorskip("onnxruntime", reason="export check needs the onnx extra")
+
     model = faceaux.create_model("iresnet_nano", input_size=(56, 56), embedding_size=16)
     torch.save(model.state_dict(), tmp_path / "model.pt")
     path = tmp_path / "again.onnx"

@@ -12,12 +12,6 @@ from faceaux.cli import build_parser
 
 MARKUP = re.compile(r"``|:(class|func|meth|mod|data|attr|obj):`|\*\*")
 
-# commands whose help text lives in files owned elsewhere and is wrong today: the exact failure,
-# so that the mark turns into a failure (XPASS) once it is fixed and can be dropped
-KNOWN = {
-    "bench": "bench.py: Sphinx markup in the description; --device, --repeats, --warmup, "
-    "--threads state no default",
-}
 
 
 def commands() -> dict[str, argparse.ArgumentParser]:
@@ -41,13 +35,7 @@ def problems(parser: argparse.ArgumentParser) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN[n])) if n in KNOWN else n
-        for n in commands()
-    ],
-)
+@pytest.mark.parametrize("name", list(commands()))
 def test_help_is_plain_text_with_defaults(name: str, capsys) -> None:
     parser = commands()[name]
     assert problems(parser) == []

@@ -447,6 +447,8 @@ CONSTANTS = {
 }
 ARGUMENT_ONLY = {
     "ImageFolderFaces",
+    "RecordFaces",
+    "evaluate_ijb",
     "SyntheticFaces",
     "create_model",
     "expand_input_channels",
@@ -732,6 +734,15 @@ ARGUMENT_CASES = [
     ),
     ("ImageFolderFaces-root", lambda p: faceaux.ImageFolderFaces(p / "absent"), "root", None),
     ("ImageFolderFaces-size", lambda p: faceaux.ImageFolderFaces(p, size=(0, 3)), "size", None),
+    ("RecordFaces-path", lambda p: faceaux.RecordFaces(p / "absent"), "path", None),
+    ("RecordFaces-decoder", lambda p: faceaux.RecordFaces(p, decoder="x"), "decoder", None),
+    ("evaluate_ijb-root", lambda p: faceaux.evaluate_ijb(_mlp(), p / "absent"), "root", None),
+    (
+        "evaluate_ijb-dataset",
+        lambda p: faceaux.evaluate_ijb(_mlp(), p, dataset="IJBX"),
+        "dataset",
+        None,
+    ),
     (
         "load_verification_bin-empty",
         lambda p: faceaux.load_verification_bin(_bin_file(p, b"")),
@@ -847,8 +858,8 @@ def test_bad_arguments_are_named(call, name, tmp_path):
     with pytest.raises((ValueError, TypeError)) as caught:
         call(tmp_path)
     message = str(caught.value)
-    if name == "path":  # file readers name the file itself
-        assert message.startswith(str(tmp_path)), message
+    if name == "path":  # file readers name the file itself, or the argument
+        assert message.startswith((str(tmp_path), "path:")), message
     else:
         assert re.match(rf"^{name}\b", message), message
 

@@ -135,9 +135,12 @@ def test_polynomial_warmup_schedule():
     assert values[9] == pytest.approx((1 - 5 / 6) ** 2)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+@pytest.mark.parametrize("native", [True, False], ids=["set_grad_checkpointing", "wrapped"])
+def test_gradient_checkpointing_gives_the_same_gradients(native):
     torch.manual_seed(0)
-    model = faceaux.create_model("iresnet_nano", **MODEL_KWARGS).double()
+    model = faceaux.create_model("iresnet_nano", **MODEL_KWARGS).double().train()
+    if not native:  # a model without timm's switch: its feature_info blocks get wrapped
+        model.set_grad_checkpointing = None
     x = torch.randn(2, 3, 56, 56, dtype=torch.float64)
 
     def grads():
@@ -146,7 +149,12 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         return [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
     before = grads()
-    assert enable_gradient_checkpointing(model) == 4
+    count = enable_gradient_checkpointing(model)
+    if native:
+        assert count == -1
+        assert model.grad_checkpointing
+    else:
+        assert count == sum(len(stage["blocks"]) for stage in model.feature_info) > 0
     after = grads()
     assert len(before) == len(after) > 10
     for a, b in zip(before, after, strict=True):
