@@ -13,7 +13,6 @@ from faceaux.cli import build_parser
 MARKUP = re.compile(r"``|:(class|func|meth|mod|data|attr|obj):`|\*\*")
 
 
-
 def commands() -> dict[str, argparse.ArgumentParser]:
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
