@@ -197,6 +197,15 @@ SPECS: list[Spec] = [
         meta=True,
     ),
     Spec(
+        "margin_cross_entropy",
+        lambda b, g: (
+            functools.partial(faceaux.margin_cross_entropy, chunk_size=2),
+            {"embeddings": _randn(g, b, 8), "weight": _randn(g, 5, 8), "labels": _labels(g, b, 5)},
+        ),
+        ("embeddings",),
+        {"labels": 5},
+    ),
+    Spec(
         "sharded_cross_entropy",
         lambda b, g: (
             faceaux.sharded_cross_entropy,
@@ -259,6 +268,19 @@ SPECS: list[Spec] = [
         ),
         ("src",),
         meta=True,
+    ),
+    Spec(
+        "align_faces",
+        lambda b, g: (
+            functools.partial(faceaux.align_faces, output_size=112),
+            {
+                "images": _rand(g, b, 3, 40, 40),
+                "landmarks": faceaux.ARCFACE_TEMPLATE_112 * 0.3 + 2 * _rand(g, b, 5, 2),
+            },
+        ),
+        ("images", "landmarks"),
+        meta=True,
+        integer_ok=("images",),
     ),
     Spec(
         "SpatialTransformerAlign",
