@@ -44,6 +44,8 @@ class Schedule:
             rest with ``second`` (the paper's two stages: λ1 = 0, then 0.1).
         attribute_loss: ``"mse"`` (the paper's) or ``"bce"``.
         flip: random horizontal flips (with ground truth).
+        clip_grad_norm: the largest global gradient norm of a step (``None``: no clipping;
+            InsightFace's trainer clips at 5).
 
     Shape:
         No tensors.
@@ -59,6 +61,7 @@ class Schedule:
     attribute_weight: float | tuple[float, float] = 0.1
     attribute_loss: str = "mse"
     flip: bool = True
+    clip_grad_norm: float | None = None
 
     def attribute_weight_at(self, epoch: int) -> float:
         """λ1 in ``epoch`` (0-based)."""
@@ -154,6 +157,10 @@ def fit(
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if schedule.clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(
+                    [p for group in groups for p in group["params"]], schedule.clip_grad_norm
+                )
             optimizer.step()
             losses.append(float(loss.detach()))
             step += 1
