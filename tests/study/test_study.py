@@ -121,3 +121,26 @@ def test_bad_configuration() -> None:
         run_study(StudyConfig(experiments=("nope",), **TINY))
     with pytest.raises(ValueError, match="seeds"):
         run_study(StudyConfig(experiments=("gnap",), **{**TINY, "seeds": 1}))
+
+
+@pytest.mark.parametrize("clip", [1e-3, None])
+def test_clip_grad_norm_bounds_every_step(clip: float | None) -> None:
+    from faceaux.demo.train import Schedule, fit
+    from faceaux.study import _render, _split
+
+    cfg = StudyConfig(**TINY)
+    train = _split(_render(cfg, "profile", 0, "train"))
+    torch.manual_seed(0)
+    model, head = build_arm(EXPERIMENTS["gnap"].arms[0], train.num_classes, {})
+    params = [p for p in [*model.parameters(), *head.parameters()] if p.requires_grad]
+    before = torch.cat([p.detach().flatten().clone() for p in params])
+    schedule = Schedule(
+        epochs=1, batch_size=16, lr=1.0, momentum=0.0, weight_decay=0.0, clip_grad_norm=clip
+    )
+    history = fit(model, head, train, schedule, device=torch.device("cpu"), seed=0)
+    moved = (torch.cat([p.detach().flatten() for p in params]) - before).norm()
+    bound = len(history["losses"]) * 1e-3  # steps × lr × clip: the learning rate is at most 1
+    if clip is None:
+        assert moved > 10 * bound  # the bound is not met by chance
+    else:
+        assert moved <= bound * (1 + 1e-5)
