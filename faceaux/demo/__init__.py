@@ -23,7 +23,7 @@ Variants (``--variants``):
   (:class:`HeatmapStacker`, FAN-Face eq. 1, "H2"); they stand in for a FAN's, so no landmark
   network is needed, at test time either.
 - ``parts``: :class:`PartMaskPooling` of the stage-2 features under the ground-truth parsing of
-  FSENet's six parts → :class:`StructureCorrelation` → ``[g/‖g‖, 0.6·l]`` (FSENet eqs. 3, 6, 7,
+  FSENet's six parts → :class:`StructureCorrelation` → ``[g/‖g‖, 0.6·l/‖l‖]`` (FSENet eqs. 3, 6, 7,
   Table 8's 1 : 0.6).
 - ``attributes``: :class:`AttributeHead` on the embedding, trained on the set's seven Table-1
   attributes with MSE and λ1 = 0.1 (multi-task paper eq. 2). Like every variant it trains with

@@ -15,8 +15,8 @@ Cheng et al., "Face Segmentor-Enhanced Deep Feature Learning for Face Recognitio
   max-pooled from 128×128 to 28×28 and used as weights for :class:`faceaux.PartMaskPooling`;
 - structure correlation S (§3.6, eq. 7): :class:`faceaux.StructureCorrelation` → local
   descriptor l of 6 · (128 + 2 · 5) = 828 dimensions;
-- descriptor y = [g / ‖g‖, 0.6 · l] (eq. 3 with Table 8's best 1 : 0.6 weighting; §4.7.2
-  L2-normalises the global representation g), 1340-d.
+- descriptor y = [g / ‖g‖, 0.6 · l / ‖l‖] (eq. 3 with Table 8's best 1 : 0.6 weighting; §4.7.2
+  L2-normalises the global representation g; Table 8 implies l is on its scale), 1340-d.
 
 The model is a :class:`faceaux.models.FaceRecognizer` configuration (a tap on stage 2 feeds the
 part pooling while the backbone continues), so every ablation is an argument: the part-feature
@@ -95,6 +95,7 @@ def fsenet(
     parts: Sequence[int] = FSENET_PARTS,
     local_weight: float = 0.6,
     normalize_global: bool = True,
+    normalize_local: bool = True,
     part_stage: int | str = 1,
     pooling_mode: str = "weighted",
     pooling_normalize: bool = True,
@@ -104,7 +105,7 @@ def fsenet(
     widths: Sequence[int] = (64, 128, 256, 512),
     pooling: str = "fc",
 ) -> FaceRecognizer:
-    """FSENet on an IResNet: descriptor ``[g/‖g‖, local_weight · l]``.
+    """FSENet on an IResNet: descriptor ``[g/‖g‖, local_weight · l/‖l‖]``.
 
     Args:
         layers: IResNet blocks per stage ((3, 4, 14, 3) for IResNet-50).
@@ -116,6 +117,8 @@ def fsenet(
             :data:`faceaux.conventions.FSENET_PARTS`).
         local_weight: weight of l in the descriptor (Table 8: 0.6).
         normalize_global: L2-normalise g first (§4.7.2).
+        normalize_local: L2-normalise l too (Table 8 implies it; see
+            :class:`faceaux.FaceRecognizer`); ``False``: ``[ĝ, w·l]``.
         part_stage: IResNet stage whose output is pooled: 1 (``layer2``, 28×28, the paper's),
             0 (56×56) or 2 (14×14) — Table 12.
         pooling_mode: ``"weighted"`` (eq. 6), ``"mean"`` or ``"max"`` — Table 13.
@@ -163,6 +166,7 @@ def fsenet(
         structure=StructureCorrelation(flatten=True) if structure else None,
         local_weight=local_weight,
         normalize_global=normalize_global,
+        normalize_local=normalize_local,
     )
 
 

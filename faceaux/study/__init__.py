@@ -66,9 +66,9 @@ class StudyConfig:
     device: str = "auto"
     threads: int | None = None
     train_identities: int = 120
-    images_per_identity: int = 8
+    images_per_identity: int = 7
     test_identities: int = 50
-    epochs: int = 6
+    epochs: int = 5
     batch_size: int = 64
     lr: float = 0.1
     clip_grad_norm: float | None = 5.0

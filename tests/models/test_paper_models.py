@@ -212,8 +212,9 @@ def test_fsenet_descriptor_matches_its_parts() -> None:
         pooled = F.adaptive_max_pool2d(probabilities, (28, 28))  # 128 → 28, the paper's
         parts = PartMaskPooling()(features, pooled)
         local = StructureCorrelation()(parts)
-        # §4.7.2: the global representation is L2-normalised before the 1 : 0.6 weighting
-        expected = torch.cat([F.normalize(net(images), dim=1), 0.6 * local], dim=1)
+        # §4.7.2 L2-normalises the global half; Table 8 implies the local one too; then 1 : 0.6
+        halves = [F.normalize(net(images), dim=1), 0.6 * F.normalize(local, dim=1)]
+        expected = torch.cat(halves, dim=1)
     assert aux["local"].shape == (2, 6 * (16 + 2 * 5))
     assert aux["embedding"].shape == (2, 512 + 6 * (16 + 2 * 5))
     torch.testing.assert_close(aux["parts"], parts)
