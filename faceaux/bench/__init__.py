@@ -8,15 +8,7 @@
   classes: dense head, streaming head, Partial FC, per rank.
 - :mod:`faceaux.bench.measure` — how: interleaved rounds, allocated-bytes tracking.
 
-Examples:
-    >>> import torch
-    >>> from faceaux.bench import count_flops, count_parameters
-    >>> from faceaux.models import create_model
-    >>> model = create_model("iresnet_nano")
-    >>> count_parameters(model)
-    1111792
-    >>> count_flops(model, torch.zeros(1, 3, 112, 112)) > 0
-    True
+Examples: see :mod:`faceaux.bench.models` (``count_parameters``, ``count_flops``).
 """
 
 from __future__ import annotations

@@ -364,8 +364,13 @@ class _Log:
         if config.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is optional
-                pass
+            except ImportError:  # tensorboard is optional: log.jsonl still has every record
+                warnings.warn(
+                    "tensorboard: expected the tensorboard package for tensorboard=True, "
+                    "received an ImportError; logging to log.jsonl only "
+                    "(pip install tensorboard)",
+                    stacklevel=2,
+                )
             else:
                 self.writer = SummaryWriter(os.fspath(output / "tensorboard"))
 
