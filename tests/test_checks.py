@@ -76,6 +76,26 @@ def test_raise_bad_data_reads_all_checks_and_raises_the_first_failure():
     raise_bad_data([])
 
 
+@pytest.mark.parametrize("precision", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_finite_check_finds_one_bad_entry_anywhere_and_counts_them_all(bad, precision):
+    dtype = precision
+    x = torch.randn(3, 5, 7).to(dtype)
+    check_finite(x, "x")
+    check_finite(torch.full((4,), torch.finfo(dtype).max, dtype=dtype), "x")  # huge but finite
+    for index in [(0, 0, 0), (2, 4, 6), (1, 2, 3)]:
+        y = x.clone()
+        y[index] = bad
+        with pytest.raises(ValueError, match=r"^x: expected finite values, received 1 NaN/inf"):
+            check_finite(y, "x")
+    y = x.clone().requires_grad_(True)
+    z = y * torch.tensor([1.0, math.nan, math.inf, 1.0, -math.inf], dtype=dtype).reshape(5, 1)
+    with pytest.raises(ValueError, match=r"received 63 NaN/inf entries in shape \(3, 5, 7\)"):
+        check_finite(z, "x")
+    check_finite(x[:0], "x")  # empty: nothing to check
+    check_finite(torch.tensor([1, 2]), "x")  # integers are always finite
+
+
 def test_label_check_message_names_the_argument_and_the_range():
     with pytest.raises(ValueError, match=r"^pairs: expected row indices in \[0, 3\), received 1 "):
         raise_bad_data([label_check(torch.tensor([0, 3]), 3, name="pairs", what="row indices")])

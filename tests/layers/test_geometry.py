@@ -405,6 +405,61 @@ def test_hand_written_grid_and_its_gradient_equal_the_elementwise_formula() -> N
     assert got_grad[1, 2].abs().max() == 0  # z ≡ 0: no gradient for z from inside the band
 
 
+def test_guards_idle_only_when_the_corners_prove_it() -> None:
+    from faceaux.layers.geometry import _axis, _guards_idle
+
+    xt, yt = (
+        _axis(7, False, torch.device("cpu"), torch.float64),
+        _axis(9, False, "cpu", torch.float64),
+    )
+    eye = torch.eye(3, dtype=torch.float64)
+
+    def idle(*rows: list[list[float]]) -> tuple[bool, bool]:
+        return _guards_idle(torch.tensor(rows, dtype=torch.float64), xt, yt)
+
+    assert _guards_idle(eye[None], xt, yt) == (True, True)
+    assert idle([[0.9, 0.1, 0.2], [0.0, 1.1, -0.1], [0.1, -0.2, 1.0]]) == (True, False)
+    assert idle([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.5, 1.0]]) == (False, False)  # z = 0
+    assert idle([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 3e-6]]) == (False, False)
+    assert idle([[1e5, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]) == (False, False)  # clamped
+    assert _guards_idle(torch.stack([eye, eye.flip(0)]), xt, yt) == (False, False)  # one is bad
+    assert _guards_idle(eye[None].expand(0, 3, 3), xt, yt) == (False, False)
+
+
+@pytest.mark.parametrize("kind", ["affine", "projective"])
+def test_grid_without_its_idle_guards_is_the_guarded_grid(kind: str, monkeypatch) -> None:
+    """The CPU fast path (guards proven no-ops and skipped) equals the always-guarded path to
+    the bit, in value and gradient, for every padding mode's backward."""
+    import faceaux.layers.geometry as geometry
+
+    generator = torch.Generator().manual_seed(22)
+    matrix = torch.eye(3, dtype=torch.float64) + 0.1 * torch.randn(
+        5, 3, 3, dtype=torch.float64, generator=generator
+    )
+    matrix[:, 2] = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    if kind == "projective":
+        matrix[:, 2, :2] = 0.2 * torch.randn(5, 2, dtype=torch.float64, generator=generator)
+    x = smooth_shapes(5, 2, 10, 11, seed=23, dtype=torch.float64)
+    assert geometry._guards_idle(
+        matrix,
+        geometry._axis(7, False, "cpu", matrix.dtype),
+        geometry._axis(9, False, "cpu", matrix.dtype),
+    )[0]
+    for padding_mode in ("zeros", "border", "reflection"):
+        fast = _warp_with_grads(x, matrix, output_size=(9, 7), padding_mode=padding_mode)
+        with monkeypatch.context() as patch:
+            patch.setattr(geometry, "_guards_idle", lambda *_: (False, False))
+            guarded = _warp_with_grads(x, matrix, output_size=(9, 7), padding_mode=padding_mode)
+        for got, want in zip(fast, guarded, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        geometry._ProjectiveGrid.apply(matrix, 9, 7, False, False),
+        _elementwise_grid(matrix, (9, 7)),
+        rtol=1e-12,
+        atol=1e-12,
+    )
+
+
 def test_non_finite_pixels_are_counted_in_the_message() -> None:
     x = torch.rand(2, 3, 8, 8)
     x[0, 1, 2, 3], x[1, 0, 0, 0], x[1, 2, 7, 7] = math.nan, math.inf, -math.inf
