@@ -80,21 +80,22 @@ def check_images(
     if module.training and not one_sample_ok:
         check_batch_for_training(module, images, name)
     shape = tuple(images.shape)
-    checks = [
-        finite_check(images, name),
-        (
-            (images.detach().abs() > MAX_PIXEL).sum(),
-            lambda n: (
-                f"{name}: expected image values with |x| ≤ {MAX_PIXEL:g} (a normalised "
-                f"image), received {n} larger entries in shape {shape}"
-            ),
-        ),
-    ]
+    flat = images.detach()
+    low, high = extremes = torch.stack(torch.aminmax(flat))  # one pass serves every check below
+
+    def too_large(_: int) -> str:
+        count = int((flat.abs() > MAX_PIXEL).sum())
+        return (
+            f"{name}: expected image values with |x| ≤ {MAX_PIXEL:g} (a normalised "
+            f"image), received {count} larger entries in shape {shape}"
+        )
+
+    # a NaN extreme fails the finite check first, so it need not be caught here too
+    checks = [finite_check(images, name, extremes), (extremes.abs().amax() > MAX_PIXEL, too_large)]
     if module.training:
-        flat = images.detach()
         checks.append(
             (
-                (flat.amax() == flat.amin()).to(torch.int64),
+                low == high,
                 lambda n: (
                     f"{name}: a training batch of shape {shape} holds one constant value: "
                     "every BatchNorm then sees zero variance and the gradients overflow; drop such "
