@@ -140,9 +140,10 @@ def label_check(
 def raise_bad_data(checks: Sequence[DataCheck]) -> None:
     """Read the counts of every check in one device→host transfer; raise the first failure.
 
-    Each check is ``(count, message)``: a 0-d tensor counting bad entries and a function building
-    the ``ValueError`` message from that count. Nothing is read when :func:`data_checks_enabled`
-    is false for the counts.
+    Each check is ``(count, message)``: a 0-d tensor, non-zero when the check fails (a count of
+    bad entries, or a flag where counting would cost a pass of its own, as in
+    :func:`finite_check`), and a function building the ``ValueError`` message from it. Nothing is
+    read when :func:`data_checks_enabled` is false for the counts.
     """
     if not checks or not data_checks_enabled(*(count for count, _ in checks)):
         return

@@ -79,7 +79,7 @@ def test_raise_bad_data_reads_all_checks_and_raises_the_first_failure():
 @pytest.mark.parametrize("precision", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_finite_check_finds_one_bad_entry_anywhere_and_counts_them_all(bad, precision):
-    dtype = precision
+    dtype = precision  # the conftest's ``dtype`` fixture takes that name
     x = torch.randn(3, 5, 7).to(dtype)
     check_finite(x, "x")
     check_finite(torch.full((4,), torch.finfo(dtype).max, dtype=dtype), "x")  # huge but finite

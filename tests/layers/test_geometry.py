@@ -408,10 +408,7 @@ def test_hand_written_grid_and_its_gradient_equal_the_elementwise_formula() -> N
 def test_guards_idle_only_when_the_corners_prove_it() -> None:
     from faceaux.layers.geometry import _axis, _guards_idle
 
-    xt, yt = (
-        _axis(7, False, torch.device("cpu"), torch.float64),
-        _axis(9, False, "cpu", torch.float64),
-    )
+    xt, yt = _axis(7, False, "cpu", torch.float64), _axis(9, False, "cpu", torch.float64)
     eye = torch.eye(3, dtype=torch.float64)
 
     def idle(*rows: list[list[float]]) -> tuple[bool, bool]:
@@ -428,8 +425,9 @@ def test_guards_idle_only_when_the_corners_prove_it() -> None:
 
 @pytest.mark.parametrize("kind", ["affine", "projective"])
 def test_grid_without_its_idle_guards_is_the_guarded_grid(kind: str, monkeypatch) -> None:
-    """The CPU fast path (guards proven no-ops and skipped) equals the always-guarded path to
-    the bit, in value and gradient, for every padding mode's backward."""
+    """The CPU fast path (guards proven no-ops and skipped) equals the always-guarded path, in
+    value and gradient (to float rounding: the affine gradient sums in another order), for every
+    padding mode's backward."""
     import faceaux.layers.geometry as geometry
 
     generator = torch.Generator().manual_seed(22)
